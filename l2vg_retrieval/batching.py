@@ -1,0 +1,91 @@
+"""The encode loop every encoder shares: length-sorted batches, progress, output shape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+# Past this many batches a progress bar is worth its line of output.
+_AUTO_PROGRESS_MIN_BATCHES = 8
+
+
+def run_batched(
+    items: Sequence[Any],
+    lengths: Sequence[int],
+    batch_fn: Callable[[list[Any]], torch.Tensor],
+    *,
+    batch_size: int,
+    show_progress_bar: bool | None,
+    desc: str,
+) -> torch.Tensor:
+    """Apply ``batch_fn`` to length-sorted batches and return rows in input order.
+
+    Sorting by length keeps padding (wasted compute) small; results do not depend on it
+    because every encoder here is batch invariant.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(items)), key=lambda i: -lengths[i])
+    n_batches = (len(items) + batch_size - 1) // batch_size
+    show = show_progress_bar if show_progress_bar is not None else n_batches >= _AUTO_PROGRESS_MIN_BATCHES
+    outputs: list[torch.Tensor] = []
+    with tqdm(total=len(items), desc=desc, disable=not show, unit="text") as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            outputs.append(batch_fn([items[i] for i in idx]).detach().float().cpu())
+            bar.update(len(idx))
+    stacked = torch.cat(outputs)
+    result = torch.empty_like(stacked)
+    result[torch.tensor(order)] = stacked
+    return result
+
+
+def format_output(
+    embeddings: torch.Tensor,
+    *,
+    single: bool,
+    normalize_embeddings: bool,
+    convert_to_numpy: bool,
+    convert_to_tensor: bool,
+) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
+    """sentence-transformers' output conventions: one string in, one vector out."""
+    if normalize_embeddings:
+        embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
+    if single:
+        embeddings = embeddings[0]
+    if convert_to_tensor:
+        return embeddings
+    if convert_to_numpy:
+        return embeddings.numpy().astype(np.float32, copy=False)
+    return list(embeddings) if not single else embeddings
+
+
+def empty_output(dim: int, *, convert_to_numpy: bool, convert_to_tensor: bool) -> Any:
+    """The defined result for an empty list: zero rows of the right width."""
+    empty = torch.zeros((0, dim), dtype=torch.float32)
+    if convert_to_tensor:
+        return empty
+    if convert_to_numpy:
+        return empty.numpy()
+    return []
+
+
+def pad_left(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists; returns (input_ids, attention_mask)."""
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        if ids:
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask[row, width - len(ids) :] = 1
+    return input_ids, mask
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (left padding)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)

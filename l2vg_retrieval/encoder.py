@@ -1,0 +1,446 @@
+"""L2VGEncoder: embed what a frozen LLM would answer, via trainable special tokens.
+
+Input layout (left padded):  [pad … pad | template + prompt + text | thought… | compression…]
+The final hidden states at the compression positions go through the reconstruction head
+(soft prompts, which the same frozen LM can decode) and the alignment head (teacher
+space); their mean is the embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .backbones import LoadedBackbone, LoadedTeacher, load_backbone, weights_fingerprint
+from .batching import empty_output, format_output, pad_left, positions_from_mask, run_batched
+from .config import EncoderConfig
+from .inputs import PromptTemplate, as_text_list, build_input_ids
+from .runtime import resolve_device, resolve_dtype
+
+CHECKPOINT_FORMAT = "l2vg-checkpoint"
+CHECKPOINT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "l2vg_config.json"
+DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, or made for another backbone or shape."""
+
+
+class L2VGEncoder(torch.nn.Module):
+    """A frozen causal LM plus special tokens and two small heads."""
+
+    def __init__(
+        self,
+        config: EncoderConfig,
+        backbone: LoadedBackbone,
+        *,
+        teacher_dim: int,
+        teacher: LoadedTeacher | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = "auto",
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.device_ = resolve_device(device)
+        self.dtype_ = resolve_dtype(dtype, self.device_)
+        self.backbone = backbone
+        # Registered outside the module tree: the backbone is frozen shared state, not a
+        # parameter of this encoder, and must never reach an optimizer or a checkpoint.
+        self._lm = [backbone.model.to(device=self.device_, dtype=self.dtype_)]
+        self.tokenizer = backbone.tokenizer
+        self.template = PromptTemplate.for_tokenizer(
+            self.tokenizer, use_chat_template=config.use_chat_template
+        )
+        hidden = int(self.lm.config.hidden_size)
+        self.hidden_size = hidden
+        self.teacher_dim = teacher_dim
+        self._teacher_loaded = teacher
+        self._teacher_encoder: Any = None
+
+        generator = torch.Generator().manual_seed(config.seed)
+        # Start the special tokens on real vocabulary rows: in-distribution inputs train
+        # faster than random vectors of an arbitrary scale.
+        vocab = self.lm.get_input_embeddings().weight.detach().float().cpu()
+        rows = torch.randint(0, vocab.shape[0], (config.n_special,), generator=generator)
+        self.special_tokens = torch.nn.Parameter(vocab[rows].clone())
+        self.recon_head = torch.nn.Linear(hidden, hidden)
+        self.align_head = torch.nn.Linear(hidden, teacher_dim)
+        with torch.no_grad():
+            # Identity start: soft prompts begin as the raw hidden states.
+            self.recon_head.weight.copy_(torch.eye(hidden))
+            self.recon_head.bias.zero_()
+            bound = 1.0 / hidden**0.5
+            self.align_head.weight.uniform_(-bound, bound, generator=generator)
+            self.align_head.bias.zero_()
+        self.to(self.device_)
+        self._fingerprint: str | None = None
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(
+        cls,
+        config: EncoderConfig | None = None,
+        *,
+        backbone: LoadedBackbone | None = None,
+        teacher: LoadedTeacher | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = "auto",
+    ) -> L2VGEncoder:
+        """An untrained encoder (special tokens and heads freshly initialised)."""
+        config = config or EncoderConfig()
+        backbone = backbone or load_backbone(config.backbone)
+        teacher_dim = _teacher_dim(config.teacher, teacher)
+        return cls(config, backbone, teacher_dim=teacher_dim, teacher=teacher, device=device, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path | None = None,
+        *,
+        backbone: LoadedBackbone | None = None,
+        teacher: LoadedTeacher | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = "auto",
+        document_mode: str | None = None,
+    ) -> L2VGEncoder:
+        """Load a checkpoint folder; with no path, the default trained encoder.
+
+        The checkpoint's backbone name and weight fingerprint are checked against the
+        loaded backbone, and every tensor's shape against the config: a mismatch raises
+        ``CheckpointError`` naming what differs.
+        """
+        folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
+        meta = read_checkpoint_meta(folder)
+        config = EncoderConfig.model_validate(meta["config"])
+        if document_mode is not None:
+            config = config.model_copy(update={"document_mode": document_mode})
+            EncoderConfig.model_validate(config.model_dump())
+        backbone = backbone or load_backbone(config.backbone)
+        encoder = cls(
+            config,
+            backbone,
+            teacher_dim=int(meta["teacher_dim"]),
+            teacher=teacher,
+            device=device,
+            dtype=dtype,
+        )
+        if meta["backbone_fingerprint"] != encoder.backbone_fingerprint:
+            raise CheckpointError(
+                f"checkpoint {folder} was trained on backbone '{config.backbone}' with weight "
+                f"fingerprint {meta['backbone_fingerprint']}, but the loaded backbone "
+                f"'{backbone.name}' has fingerprint {encoder.backbone_fingerprint}: the special "
+                "tokens only mean something to the exact weights they were trained with"
+            )
+        if int(meta["hidden_size"]) != encoder.hidden_size:
+            raise CheckpointError(
+                f"checkpoint hidden size {meta['hidden_size']} != backbone hidden size "
+                f"{encoder.hidden_size}"
+            )
+        encoder.load_trainable_state(_load_weights(folder))
+        return encoder
+
+    def save_pretrained(self, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+        """Write only the trainable parts (safetensors) and a JSON config."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.trainable_state().items()}
+        tmp = folder / (WEIGHTS_FILE + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
+        tmp.replace(folder / WEIGHTS_FILE)
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "config": self.config.model_dump(),
+            "backbone_fingerprint": self.backbone_fingerprint,
+            "hidden_size": self.hidden_size,
+            "teacher_dim": self.teacher_dim,
+            "embedding_dim": self.dim,
+            **(extra or {}),
+        }
+        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return folder
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("_")}
+
+    def load_trainable_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        expected = {k: tuple(v.shape) for k, v in self.trainable_state().items()}
+        got = {k: tuple(v.shape) for k, v in tensors.items()}
+        if set(expected) != set(got):
+            raise CheckpointError(
+                f"checkpoint tensors {sorted(got)} do not match the encoder's {sorted(expected)}"
+            )
+        for key, shape in expected.items():
+            if got[key] != shape:
+                raise CheckpointError(f"tensor '{key}' has shape {got[key]}, expected {shape}")
+        self.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def lm(self) -> torch.nn.Module:
+        return self._lm[0]
+
+    @property
+    def dim(self) -> int:
+        return self.teacher_dim
+
+    @property
+    def backbone_fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.lm)
+        return self._fingerprint
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies this encoder's vector space: backbone weights + trained parameters."""
+        import hashlib
+
+        digest = hashlib.sha256(self.backbone_fingerprint.encode())
+        for name, tensor in sorted(self.trainable_state().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        digest.update(self.config.model_dump_json(exclude={"document_mode"}).encode())
+        return digest.hexdigest()[:32]
+
+    @property
+    def teacher(self) -> Any:
+        """The teacher encoder, loaded on first use (training, teacher-mode documents)."""
+        if self._teacher_encoder is None:
+            from .teacher import TeacherEncoder
+
+            source = self._teacher_loaded or self.config.teacher
+            self._teacher_encoder = TeacherEncoder(source, device=str(self.device_))
+            if self._teacher_encoder.dim != self.teacher_dim:
+                raise CheckpointError(
+                    f"teacher '{self.config.teacher}' has dim {self._teacher_encoder.dim}, "
+                    f"but this encoder aligns to dim {self.teacher_dim}"
+                )
+        return self._teacher_encoder
+
+    # ------------------------------------------------------------------ forward pieces
+    def tokenize(self, texts: Sequence[str], prompt: str | None) -> list[list[int]]:
+        return build_input_ids(
+            self.tokenizer,
+            self.template,
+            texts,
+            prompt=prompt,
+            max_text_tokens=self.config.max_text_tokens,
+        )
+
+    def compression_states(self, batch: list[list[int]]) -> torch.Tensor:
+        """Final hidden states at the compression positions, ``[B, K, H]`` in fp32.
+
+        The text prefix runs once without gradients into a KV cache; only the special
+        tokens run with autograd, attending to that cache. No gradient needs to reach the
+        text positions (the special tokens come after them), so this is exact and saves
+        the backward pass through the text.
+        """
+        input_ids, mask = pad_left(batch, self.tokenizer.pad_token_id)
+        input_ids, mask = input_ids.to(self.device_), mask.to(self.device_)
+        body = self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.model
+        with torch.no_grad():
+            prefix = body(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions_from_mask(mask),
+                use_cache=True,
+            )
+        n_batch, n_special = input_ids.shape[0], self.config.n_special
+        special = self.special_tokens.to(self.dtype_).unsqueeze(0).expand(n_batch, -1, -1)
+        lengths = mask.sum(-1, keepdim=True)
+        positions = lengths + torch.arange(n_special, device=self.device_).unsqueeze(0)
+        full_mask = torch.cat([mask, torch.ones_like(mask[:, :1]).expand(-1, n_special)], dim=1)
+        out = body(
+            inputs_embeds=special,
+            attention_mask=full_mask,
+            position_ids=positions,
+            past_key_values=prefix.past_key_values,
+            use_cache=True,
+        )
+        return out.last_hidden_state[:, -self.config.n_compression :].float()
+
+    def soft_prompts_from_ids(self, batch: list[list[int]]) -> torch.Tensor:
+        return self.recon_head(self.compression_states(batch))
+
+    def embed_soft_prompts(self, soft: torch.Tensor) -> torch.Tensor:
+        """The (unnormalised) embedding: mean over K of the aligned soft prompts."""
+        return self.align_head(soft).mean(dim=1)
+
+    # ------------------------------------------------------------------ public API
+    def encode(
+        self,
+        texts: Any,
+        *,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        normalize_embeddings: bool = True,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+    ) -> Any:
+        """Embed texts with an optional instruction ``prompt`` placed before each text."""
+        items, single = as_text_list(texts)
+        if not items:
+            return empty_output(self.dim, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor)
+        ids = self.tokenize(items, prompt)
+
+        def embed(batch: list[list[int]]) -> torch.Tensor:
+            return self.embed_soft_prompts(self.soft_prompts_from_ids(batch))
+
+        with self._lock, torch.inference_mode():
+            out = run_batched(
+                ids,
+                [len(i) for i in ids],
+                embed,
+                batch_size=batch_size,
+                show_progress_bar=show_progress_bar,
+                desc="l2vg encode",
+            )
+        return format_output(
+            out,
+            single=single,
+            normalize_embeddings=normalize_embeddings,
+            convert_to_numpy=convert_to_numpy,
+            convert_to_tensor=convert_to_tensor,
+        )
+
+    def encode_query(self, texts: Any, *, instruction: str | None = None, **kwargs: Any) -> Any:
+        """Embed queries with a task instruction (the config's default if not given)."""
+        return self.encode(texts, prompt=instruction or self.config.query_instruction, **kwargs)
+
+    def encode_document(self, texts: Any, **kwargs: Any) -> Any:
+        """Embed documents the configured way: generatively, or by the teacher directly."""
+        if self.config.document_mode == "teacher":
+            kwargs.pop("prompt", None)
+            return self.teacher.encode(texts, **kwargs)
+        return self.encode(texts, prompt=kwargs.pop("prompt", self.config.document_prompt), **kwargs)
+
+    def soft_prompts(self, texts: Any, *, prompt: str | None = None, batch_size: int = 32) -> torch.Tensor:
+        """The ``[N, K, H]`` soft prompts for texts: what ``decode`` turns back into text."""
+        items, single = as_text_list(texts)
+        if not items:
+            return torch.zeros((0, self.config.n_compression, self.hidden_size))
+        ids = self.tokenize(items, prompt)
+        with self._lock, torch.inference_mode():
+            flat = run_batched(
+                ids,
+                [len(i) for i in ids],
+                lambda b: self.soft_prompts_from_ids(b).flatten(1),
+                batch_size=batch_size,
+                show_progress_bar=False,
+                desc="soft prompts",
+            )
+        soft = flat.view(len(items), self.config.n_compression, self.hidden_size)
+        return soft[0] if single else soft
+
+    def decode(
+        self,
+        texts_or_soft_prompts: Any,
+        *,
+        prompt: str | None = None,
+        max_new_tokens: int = 64,
+        batch_size: int = 16,
+        repetition_penalty: float = 1.0,
+    ) -> Any:
+        """Greedy generation from soft prompts alone: shows what an embedding "means".
+
+        Takes texts (encoded first, with ``prompt``) or soft prompts ``[K, H]``/``[N, K, H]``
+        from :meth:`soft_prompts`. Rows stop at EOS independently. The final embedding
+        vector cannot be decoded: the alignment head's mean discards what decoding needs.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if isinstance(texts_or_soft_prompts, np.ndarray):
+            texts_or_soft_prompts = torch.from_numpy(texts_or_soft_prompts)
+        if isinstance(texts_or_soft_prompts, torch.Tensor):
+            soft, single = self._check_soft_prompts(texts_or_soft_prompts)
+        else:
+            _, single = as_text_list(texts_or_soft_prompts)
+            soft = self.soft_prompts(texts_or_soft_prompts, prompt=prompt)
+            soft = soft.unsqueeze(0) if single else soft
+        from .generation import generate_from_embeds
+
+        with self._lock:
+            outputs = generate_from_embeds(
+                self.lm,
+                self.tokenizer,
+                soft.to(self.device_, self.dtype_),
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                repetition_penalty=repetition_penalty,
+            )
+        return outputs[0] if single else outputs
+
+    def _check_soft_prompts(self, soft: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        k, h = self.config.n_compression, self.hidden_size
+        if soft.dim() == 2 and tuple(soft.shape) == (k, h):
+            return soft.unsqueeze(0), True
+        if soft.dim() == 3 and tuple(soft.shape[1:]) == (k, h):
+            return soft, False
+        raise ValueError(
+            f"decode expects soft prompts of shape [{k}, {h}] or [N, {k}, {h}] (from "
+            f"encoder.soft_prompts(...)), got {tuple(soft.shape)}; a final embedding of "
+            f"dim {self.dim} cannot be decoded"
+        )
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"L2VGEncoder(backbone={c.backbone!r}, thought={c.n_thought}, "
+            f"compression={c.n_compression}, dim={self.dim}, dtype={self.dtype_}, "
+            f"document_mode={c.document_mode!r})"
+        )
+
+
+def _teacher_dim(name: str, teacher: LoadedTeacher | None) -> int:
+    if teacher is not None:
+        return int(teacher.model.config.hidden_size)
+    from transformers import AutoConfig
+
+    from .backbones import resolve_teacher_path
+
+    return int(AutoConfig.from_pretrained(resolve_teacher_path(name)).hidden_size)
+
+
+def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
+    config_path = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise CheckpointError(f"no checkpoint folder at {folder}")
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder} is not an l2vg checkpoint: {CONFIG_FILE} is missing")
+    try:
+        meta = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_path} is corrupt: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{config_path} is not an l2vg checkpoint config")
+    if meta.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{config_path} has format version {meta.get('format_version')}, "
+            f"this library reads version {CHECKPOINT_VERSION}"
+        )
+    for key in ("config", "backbone_fingerprint", "hidden_size", "teacher_dim"):
+        if key not in meta:
+            raise CheckpointError(f"{config_path} lacks '{key}'")
+    return meta
+
+
+def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file: {exc}") from exc

@@ -1,0 +1,43 @@
+"""Device and dtype choice, shared by the encoder, the baselines and the trainer."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+
+@functools.cache
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX).
+
+    Without them bf16 matmuls are emulated and slower than fp32, so "auto" stays fp32.
+    """
+    flags = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        flags = cpuinfo.read_text(errors="ignore")
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """'auto' picks bf16 on a GPU or a bf16-capable CPU, else fp32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = (dtype or "auto").lower()
+    if name in ("float32", "fp32"):
+        return torch.float32
+    if name in ("bfloat16", "bf16"):
+        return torch.bfloat16
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16
+        return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")

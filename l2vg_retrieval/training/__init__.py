@@ -1,0 +1,1 @@
+"""Training-side tooling: data preparation for the generative-embedding objective."""
