@@ -122,3 +122,15 @@ def main() -> None:
 from .training.cli import register as _register_training  # noqa: E402
 
 _register_training(app)
+
+from .cli_safety import register as _register_safety  # noqa: E402
+
+_register_safety(app)
+
+from .cli_index import register as _register_index  # noqa: E402
+
+_register_index(app)
+
+from .bench.cli import register as _register_bench  # noqa: E402
+
+_register_bench(app)

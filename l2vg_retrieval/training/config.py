@@ -1,0 +1,116 @@
+"""The training configuration: one pydantic model, read from a YAML or JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from ..config import DtypeName, EncoderConfig, StrictModel
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be read or does not validate; the message names the field."""
+
+
+class DataConfig(StrictModel):
+    train_queries: Path = Field(description="JSONL (rows with 'text', optional 'id') or TXT")
+    heldout_queries: Path | None = Field(None, description="evaluation queries, disjoint from train")
+    max_train_queries: int | None = Field(None, ge=1, description="use only the first N train queries")
+    max_heldout_queries: int = Field(300, ge=1)
+
+
+class ResponseConfig(StrictModel):
+    max_new_tokens: int = Field(
+        64,
+        ge=4,
+        le=2048,
+        description="the paper uses 500; 64 keeps generation affordable on a CPU and still "
+        "holds the topic of the answer, which is what the teacher embeds",
+    )
+    batch_size: int = Field(32, ge=1, le=1024)
+    max_query_tokens: int = Field(256, ge=8)
+
+
+class OptimConfig(StrictModel):
+    lr: float = Field(5e-4, gt=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(16, ge=1, le=1024)
+    grad_clip: float = Field(1.0, gt=0)
+    max_response_tokens: int = Field(
+        64, ge=4, description="reconstruction target length (tokens, before the EOS)"
+    )
+
+
+class TrainConfig(StrictModel):
+    output_dir: Path
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    data: DataConfig
+    responses: ResponseConfig = Field(default_factory=ResponseConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    recon_weight: float = Field(1.0, ge=0)
+    align_weight: float = Field(1.0, ge=0)
+    instruction_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of training queries shown with the query instruction: retrieval "
+        "prepends it at inference, so the tokens must work with and without it",
+    )
+    dtype: DtypeName = "auto"
+    checkpoint_every: int = Field(100, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> TrainConfig:
+        if self.recon_weight == 0 and self.align_weight == 0:
+            raise ValueError("recon_weight and align_weight cannot both be 0")
+        return self
+
+    @property
+    def responses_path(self) -> Path:
+        return self.output_dir / "responses.jsonl"
+
+    @property
+    def targets_path(self) -> Path:
+        return self.output_dir / "targets.safetensors"
+
+
+def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read and validate a YAML/JSON config; relative paths resolve against the file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read config {path}: {exc}") from exc
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigFileError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigFileError(f"{path} must hold a mapping of settings")
+    raw.update(overrides or {})
+    try:
+        config = TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigFileError(f"invalid config {path}: {problems}") from exc
+    base = path.parent
+    data = config.data
+    updates = {"train_queries": _rel(base, data.train_queries)}
+    if data.heldout_queries is not None:
+        updates["heldout_queries"] = _rel(base, data.heldout_queries)
+    return config.model_copy(
+        update={"output_dir": _rel(base, config.output_dir), "data": data.model_copy(update=updates)}
+    )
+
+
+def _rel(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else (base / path).resolve()

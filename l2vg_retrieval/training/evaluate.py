@@ -1,0 +1,83 @@
+"""Held-out evaluation: does a query's embedding land on the backbone's real response?
+
+- alignment: mean cosine between the encoder's query embedding and the teacher's
+  embedding of the backbone's response to that query;
+- response retrieval: each query must retrieve its own response among all held-out
+  responses (Recall@1, nDCG@10; one relevant item per query);
+- reconstruction: ``decode`` of a few queries next to the real responses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def retrieval_scores(queries: np.ndarray, responses: np.ndarray) -> dict[str, float]:
+    """Row i of ``queries`` is relevant to row i of ``responses`` only (unit vectors)."""
+    sims = queries @ responses.T
+    own = np.diag(sims)
+    # Rank of the own response: 1 + how many others score strictly higher.
+    ranks = 1 + (sims > own[:, None]).sum(axis=1)
+    ndcg = np.where(ranks <= 10, 1.0 / np.log2(ranks + 1), 0.0)
+    return {
+        "recall@1": float((ranks == 1).mean()),
+        "recall@10": float((ranks <= 10).mean()),
+        "ndcg@10": float(ndcg.mean()),
+        "mrr": float((1.0 / ranks).mean()),
+    }
+
+
+def evaluate_heldout(
+    encoder: Any,
+    rows: list[dict[str, Any]],
+    *,
+    teacher: Any,
+    baselines: dict[str, Any] | None = None,
+    n_decode: int = 5,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Score the trained encoder (and optional baselines) on held-out (query, response) rows."""
+    queries = [r["query"] for r in rows]
+    responses = [r["response"].strip() or r["query"] for r in rows]
+    response_vecs = teacher.encode(responses, batch_size=64)
+    report: dict[str, Any] = {"n_queries": len(rows), "models": {}}
+
+    def score(name: str, model: Any, *, same_space: bool) -> None:
+        q = model.encode_query(queries, batch_size=batch_size)
+        # A model outside the teacher's space is scored against its own embedding of the
+        # responses; L2VG and the teacher share the teacher's space by construction.
+        docs = response_vecs if same_space else model.encode_document(responses, batch_size=batch_size)
+        entry = retrieval_scores(q, docs)
+        if same_space:
+            entry["alignment_cosine"] = float(np.mean(np.sum(q * response_vecs, axis=1)))
+        report["models"][name] = entry
+
+    score("l2vg-trained", encoder, same_space=True)
+    for name, model in (baselines or {}).items():
+        score(name, model, same_space=name.startswith(("l2vg", "teacher")))
+    if n_decode:
+        decoded = encoder.decode(queries[:n_decode], max_new_tokens=48)
+        report["decoded"] = [
+            {"query": q, "response": r, "decoded": d}
+            for q, r, d in zip(queries[:n_decode], responses[:n_decode], decoded, strict=True)
+        ]
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A markdown table of the held-out metrics, for the training card."""
+    lines = [
+        "| model | alignment cos | Recall@1 | Recall@10 | nDCG@10 | MRR |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in report["models"].items():
+        cos = m.get("alignment_cosine")
+        cos_text = f"{cos:.3f}" if cos is not None and not math.isnan(cos) else "n/a (own space)"
+        lines.append(
+            f"| {name} | {cos_text} | {m['recall@1']:.3f} | {m['recall@10']:.3f} | "
+            f"{m['ndcg@10']:.3f} | {m['mrr']:.3f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""queries → responses → teacher targets → training → held-out evaluation, resumable at each stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from ..backbones import LoadedBackbone, LoadedTeacher, load_backbone
+from ..encoder import L2VGEncoder
+from ..runtime import resolve_device, resolve_dtype
+from .config import TrainConfig
+from .evaluate import evaluate_heldout, format_table
+from .queries import load_queries
+from .responses import generate_response_cache
+from .targets import build_targets
+from .trainer import Trainer, make_examples
+
+logger = logging.getLogger(__name__)
+
+
+def run_training(
+    config: TrainConfig,
+    *,
+    init_from: Path | None = None,
+    backbone: LoadedBackbone | None = None,
+    teacher: LoadedTeacher | None = None,
+    evaluate_baselines: bool = True,
+    show_progress_bar: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) every stage; returns the summary also written to ``summary.json``.
+
+    ``init_from`` starts from a trained checkpoint instead of fresh tokens (to extend a
+    model with more data or steps); resuming an interrupted run needs nothing: the
+    latest checkpoint under ``output_dir`` is picked up.
+    """
+    started = time.time()
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(config.model_dump_json(indent=2))
+
+    device = resolve_device(None)
+    dtype = resolve_dtype(config.dtype, device)
+    backbone = backbone or load_backbone(config.encoder.backbone)
+    if init_from is not None:
+        encoder = L2VGEncoder.from_pretrained(init_from, backbone=backbone, teacher=teacher, dtype=dtype)
+        if encoder.config.model_dump(exclude={"document_mode"}) != config.encoder.model_dump(
+            exclude={"document_mode"}
+        ):
+            raise ValueError(f"init_from checkpoint {init_from} has a different encoder config than {out}")
+    else:
+        encoder = L2VGEncoder.from_config(config.encoder, backbone=backbone, teacher=teacher, dtype=dtype)
+
+    train_rows = load_queries(config.data.train_queries)[: config.data.max_train_queries]
+    heldout_rows: list[dict[str, Any]] = []
+    if config.data.heldout_queries is not None:
+        heldout_rows = load_queries(config.data.heldout_queries)[: config.data.max_heldout_queries]
+        overlap = {r["id"] for r in train_rows} & {r["id"] for r in heldout_rows}
+        if overlap:
+            raise ValueError(f"{len(overlap)} held-out query ids also appear in the training queries")
+
+    t0 = time.time()
+    responses = generate_response_cache(
+        heldout_rows + train_rows,
+        config.responses_path,
+        encoder.lm,
+        encoder.tokenizer,
+        max_new_tokens=config.responses.max_new_tokens,
+        batch_size=config.responses.batch_size,
+        max_query_tokens=config.responses.max_query_tokens,
+        use_chat_template=config.encoder.use_chat_template,
+        show_progress_bar=show_progress_bar,
+    )
+    response_seconds = time.time() - t0
+    targets = build_targets(responses, encoder.teacher, config.targets_path)
+
+    train_ids = [str(r["id"]) for r in train_rows]
+    examples = make_examples(encoder, responses, targets, train_ids, config.optim.max_response_tokens)
+    trainer = Trainer(encoder, examples, config)
+    result = trainer.run(show_progress_bar=show_progress_bar)
+
+    final_dir = out / "final"
+    summary: dict[str, Any] = {
+        "steps": result.steps,
+        "train_examples": len(examples),
+        "heldout_queries": len(heldout_rows),
+        "final_recon": result.final_recon,
+        "final_align": result.final_align,
+        "train_seconds": round(result.wall_seconds, 1),
+        "response_seconds_this_run": round(response_seconds, 1),
+        "dtype": str(dtype).removeprefix("torch."),
+        "init_from": str(init_from) if init_from else None,
+    }
+    if heldout_rows:
+        rows = [responses[str(r["id"])] for r in heldout_rows]
+        baselines = _baselines(config, backbone, encoder) if evaluate_baselines else {}
+        report = evaluate_heldout(encoder, rows, teacher=encoder.teacher, baselines=baselines)
+        (out / "heldout_eval.json").write_text(json.dumps(report, indent=2))
+        (out / "heldout_eval.md").write_text(format_table(report) + "\n")
+        summary["heldout"] = {k: v for k, v in report.items() if k != "decoded"}
+    summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    summary["total_seconds"] = round(time.time() - started, 1)
+    encoder.save_pretrained(final_dir, extra={"training": summary})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _baselines(config: TrainConfig, backbone: LoadedBackbone, trained: L2VGEncoder) -> dict[str, Any]:
+    from ..baselines import InputCentricEncoder
+
+    untrained = L2VGEncoder.from_config(config.encoder, backbone=backbone, dtype=trained.dtype_)
+    untrained._teacher_encoder = trained.teacher
+    return {
+        "l2vg-untrained": untrained,
+        "input-centric": InputCentricEncoder(backbone, dtype=trained.dtype_),
+        "teacher(query)": trained.teacher,
+    }

@@ -1,0 +1,269 @@
+"""The paper's recipe: reconstruction CE + alignment MSE, frozen backbone, tokens + heads train.
+
+One backbone serves both roles: its body encodes (hidden states at the compression
+tokens) and the very same model, fed the soft prompts as ``inputs_embeds``, scores the
+response for the reconstruction loss. Checkpoints hold only trainable tensors, the
+optimizer state and a JSON of the step, so resuming is exact and nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..encoder import L2VGEncoder
+from .config import TrainConfig
+
+STATE_FILE = "trainer_state.json"
+OPTIM_FILE = "optimizer.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    query: str
+    response_ids: tuple[int, ...]  # ends with the backbone's EOS when the response finished
+    target: torch.Tensor
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_recon: float
+    final_align: float
+    wall_seconds: float
+    peak_rss_mb: float
+    checkpoint: Path
+
+
+def make_examples(
+    encoder: L2VGEncoder,
+    responses: dict[str, dict[str, Any]],
+    targets: dict[str, torch.Tensor],
+    ids: list[str],
+    max_response_tokens: int,
+) -> list[TrainExample]:
+    """Tokenize responses once; the EOS is the tokenizer's own, taught only on finished ones."""
+    tokenizer = encoder.tokenizer
+    eos = tokenizer.eos_token_id
+    examples = []
+    for row_id in ids:
+        row = responses[row_id]
+        tokens = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
+        finished = bool(row.get("finished", True)) and len(tokens) <= max_response_tokens
+        tokens = tokens[:max_response_tokens] + ([eos] if finished else [])
+        if not tokens:
+            continue
+        examples.append(TrainExample(row["query"], tuple(tokens), targets[row_id]))
+    return examples
+
+
+def reconstruction_loss(encoder: L2VGEncoder, soft: torch.Tensor, responses: list[tuple[int, ...]]) -> torch.Tensor:
+    """CE of the frozen LM on each response, teacher-forced, soft prompts as the only prefix."""
+    lm = encoder.lm
+    n_batch, k = soft.shape[0], soft.shape[1]
+    width = max(len(r) for r in responses)
+    ids = torch.full((n_batch, width), encoder.tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((n_batch, k + width), -100, dtype=torch.long)
+    mask = torch.zeros((n_batch, k + width), dtype=torch.long)
+    for row, response in enumerate(responses):
+        ids[row, : len(response)] = torch.tensor(response)
+        labels[row, k : k + len(response)] = torch.tensor(response)
+        mask[row, : k + len(response)] = 1
+    device = encoder.device_
+    token_embeds = lm.get_input_embeddings()(ids.to(device))
+    inputs = torch.cat([soft.to(token_embeds.dtype), token_embeds], dim=1)
+    # Right padding: positions are simply 0..T-1, pads sit after every real token.
+    out = lm(inputs_embeds=inputs, attention_mask=mask.to(device), use_cache=False)
+    logits = out.logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device))
+
+
+def compute_losses(
+    encoder: L2VGEncoder, batch: list[TrainExample], prompts: list[str | None]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = [encoder.tokenize([ex.query], prompt)[0] for ex, prompt in zip(batch, prompts, strict=True)]
+    soft = encoder.soft_prompts_from_ids(ids)
+    embedding = encoder.embed_soft_prompts(soft)
+    targets = torch.stack([ex.target for ex in batch]).to(embedding.device)
+    align = F.mse_loss(embedding, targets)
+    recon = reconstruction_loss(encoder, soft, [ex.response_ids for ex in batch])
+    return recon, align
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then linear decay to zero at the last step."""
+    optim = config.optim
+    if optim.warmup_steps and step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    remaining = max(1, optim.steps - optim.warmup_steps)
+    return optim.lr * max(0.0, 1.0 - (step - optim.warmup_steps) / remaining)
+
+
+def batch_for_step(step: int, n_examples: int, config: TrainConfig) -> tuple[list[int], list[bool]]:
+    """Example indices and instruction flags for a step: a pure function of (seed, step).
+
+    Each epoch is a seeded permutation; deriving everything from the step number is what
+    makes a resumed run take exactly the steps an uninterrupted run would have taken.
+    """
+    size = config.optim.batch_size
+    per_epoch = max(1, n_examples // size)
+    epoch, offset = divmod(step, per_epoch)
+    perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
+    idx = perm[offset * size : (offset + 1) * size].tolist()
+    flags = torch.rand(len(idx), generator=torch.Generator().manual_seed(config.seed * 104729 + step))
+    return idx, (flags < config.instruction_fraction).tolist()
+
+
+class Trainer:
+    def __init__(self, encoder: L2VGEncoder, examples: list[TrainExample], config: TrainConfig) -> None:
+        if len(examples) < config.optim.batch_size:
+            raise ValueError(
+                f"{len(examples)} training examples is fewer than one batch ({config.optim.batch_size})"
+            )
+        self.encoder = encoder
+        self.examples = examples
+        self.config = config
+        self.params = [p for p in encoder.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+        self.step = 0
+        self.checkpoint_dir = config.output_dir / "checkpoints"
+        self.log_path = config.output_dir / "loss_log.jsonl"
+
+    def train_step(self) -> tuple[float, float]:
+        config = self.config
+        idx, flags = batch_for_step(self.step, len(self.examples), config)
+        batch = [self.examples[i] for i in idx]
+        prompts = [config.encoder.query_instruction if f else None for f in flags]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, config)
+        self.encoder.train()
+        recon, align = compute_losses(self.encoder, batch, prompts)
+        loss = config.recon_weight * recon + config.align_weight * align
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, config.optim.grad_clip)
+        self.optimizer.step()
+        self.encoder.eval()
+        self.step += 1
+        return float(recon.detach()), float(align.detach())
+
+    # -------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        folder = self.checkpoint_dir / f"step-{self.step:07d}"
+        tmp = folder.with_name(folder.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.encoder.save_pretrained(tmp)
+        tensors, scalars = _flatten_optimizer(self.optimizer)
+        save_file(tensors, str(tmp / OPTIM_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps({"step": self.step, "optimizer": scalars}, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        return folder
+
+    def latest_checkpoint(self) -> Path | None:
+        if not self.checkpoint_dir.is_dir():
+            return None
+        done = sorted(p for p in self.checkpoint_dir.glob("step-*") if (p / STATE_FILE).is_file())
+        return done[-1] if done else None
+
+    def resume(self, folder: Path) -> None:
+        from ..encoder import _load_weights
+
+        self.encoder.load_trainable_state(_load_weights(folder))
+        state = json.loads((folder / STATE_FILE).read_text())
+        _restore_optimizer(self.optimizer, load_file(str(folder / OPTIM_FILE)), state["optimizer"])
+        self.step = int(state["step"])
+
+    # -------------------------------------------------------------- loop
+    def run(self, *, show_progress_bar: bool = True, evaluate: Any = None) -> TrainResult:
+        config = self.config
+        start = time.time()
+        latest = self.latest_checkpoint()
+        if latest is not None:
+            self.resume(latest)
+        _truncate_log(self.log_path, self.step)
+        recon = align = float("nan")
+        with (
+            self.log_path.open("a") as log,
+            tqdm(total=config.optim.steps, initial=self.step, desc="train", disable=not show_progress_bar) as bar,
+        ):
+            while self.step < config.optim.steps:
+                recon, align = self.train_step()
+                if not (math.isfinite(recon) and math.isfinite(align)):
+                    raise FloatingPointError(f"loss became non-finite at step {self.step}: {recon}, {align}")
+                record = {
+                    "step": self.step,
+                    "recon": round(recon, 5),
+                    "align": round(align, 7),
+                    "lr": lr_at(self.step - 1, config),
+                    "elapsed": round(time.time() - start, 2),
+                }
+                if evaluate is not None and config.eval_every and self.step % config.eval_every == 0:
+                    record["eval"] = evaluate(self.encoder)
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix(recon=f"{recon:.3f}", align=f"{align:.5f}")
+                bar.update(1)
+                if self.step % config.checkpoint_every == 0 or self.step == config.optim.steps:
+                    self.save_checkpoint()
+        return TrainResult(
+            steps=self.step,
+            final_recon=recon,
+            final_align=align,
+            wall_seconds=time.time() - start,
+            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            checkpoint=self.latest_checkpoint() or self.save_checkpoint(),
+        )
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            key = f"{index}.{name}"
+            if isinstance(value, torch.Tensor):
+                tensors[key] = value.detach().cpu().contiguous()
+            else:
+                scalars[key] = value
+    return tensors, scalars
+
+
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]
+) -> None:
+    state = optimizer.state_dict()
+    rebuilt: dict[int, dict[str, Any]] = {}
+    for key, value in [*tensors.items(), *scalars.items()]:
+        index, name = key.split(".", 1)
+        rebuilt.setdefault(int(index), {})[name] = value
+    state["state"] = rebuilt
+    optimizer.load_state_dict(state)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep log lines up to the resumed step, so a resumed run leaves no duplicate steps."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    path.write_text("".join(k + "\n" for k in kept))
