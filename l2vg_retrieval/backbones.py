@@ -141,11 +141,22 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _check_local(name: str) -> str:
+    """A name written as a path must exist; anything else is left for the hub to resolve."""
+    # Hub ids are "name" or "org/name"; anything rooted or deeper is meant as a folder.
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise MissingAssetError(f"no model folder at {path}")
+        return str(path)
+    return name
+
+
 def resolve_backbone_path(name: str) -> str:
-    """Map a short name to a local folder; pass anything else through unchanged."""
+    """Map a short name to a local folder; pass a folder or hub id through unchanged."""
     if name.lower() == DEFAULT_BACKBONE:
         return str(_smollm2_folder())
-    return name
+    return _check_local(name)
 
 
 def resolve_teacher_path(name: str) -> str:
@@ -155,7 +166,7 @@ def resolve_teacher_path(name: str) -> str:
         _package_dir(_MINILM_PACKAGE, _MINILM_PIP)
         module = importlib.import_module(_MINILM_PACKAGE)
         return str(module.get_model_path())
-    return name
+    return _check_local(name)
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, dtype: torch.dtype = torch.float32) -> LoadedBackbone:

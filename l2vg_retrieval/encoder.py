@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from .backbones import LoadedBackbone, LoadedTeacher, load_backbone, weights_fingerprint
 from .batching import empty_output, format_output, pad_left, positions_from_mask, run_batched
 from .config import EncoderConfig
-from .inputs import PromptTemplate, as_text_list, build_input_ids
+from .inputs import PromptTemplate, as_text_list, build_input_ids, prompt_prefix_ids
 from .runtime import resolve_device, resolve_dtype
 
 CHECKPOINT_FORMAT = "l2vg-checkpoint"
@@ -30,6 +30,8 @@ CHECKPOINT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "l2vg_config.json"
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"
+# Distinct shared prefixes (template + instruction) whose KV states are kept per encoder.
+_PREFIX_CACHE_SIZE = 8
 
 
 class CheckpointError(ValueError):
@@ -76,14 +78,20 @@ class L2VGEncoder(torch.nn.Module):
         self.recon_head = torch.nn.Linear(hidden, hidden)
         self.align_head = torch.nn.Linear(hidden, teacher_dim)
         with torch.no_grad():
-            # Identity start: soft prompts begin as the raw hidden states.
-            self.recon_head.weight.copy_(torch.eye(hidden))
+            # Scaled identity start: soft prompts begin as the final hidden states rescaled to
+            # the norm of real token embeddings (the final norm's outputs are far larger),
+            # so the frozen LM reads them as plausible inputs from step one.
+            emb_norm = vocab.norm(dim=1).mean()
+            final_norm = getattr(self.lm.get_decoder(), "norm", None)
+            out_norm = final_norm.weight.detach().float().norm() if final_norm is not None else emb_norm
+            self.recon_head.weight.copy_(torch.eye(hidden) * float(emb_norm / out_norm.clamp(min=1e-6)))
             self.recon_head.bias.zero_()
             bound = 1.0 / hidden**0.5
             self.align_head.weight.uniform_(-bound, bound, generator=generator)
             self.align_head.bias.zero_()
         self.to(self.device_)
         self._fingerprint: str | None = None
+        self._prefix_kv: dict[tuple[Any, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ construction
@@ -238,25 +246,36 @@ class L2VGEncoder(torch.nn.Module):
             max_text_tokens=self.config.max_text_tokens,
         )
 
-    def compression_states(self, batch: list[list[int]]) -> torch.Tensor:
+    def compression_states(self, batch: list[list[int]], prefix_hint: Sequence[int] = ()) -> torch.Tensor:
         """Final hidden states at the compression positions, ``[B, K, H]`` in fp32.
 
-        The text prefix runs once without gradients into a KV cache; only the special
-        tokens run with autograd, attending to that cache. No gradient needs to reach the
-        text positions (the special tokens come after them), so this is exact and saves
-        the backward pass through the text.
+        Three passes over one growing KV cache:
+        1. the prefix every row shares (chat template + instruction) runs once at batch
+           size 1 and is kept in a small cache across calls: for short queries it is most
+           of the tokens;
+        2. the rest of each text, left padded after that prefix, without gradients;
+        3. the special tokens, the only pass with autograd. No gradient needs to reach the
+           text (the special tokens come after it), so this is exact and spares training
+           the backward pass through the text.
         """
-        input_ids, mask = pad_left(batch, self.tokenizer.pad_token_id)
-        input_ids, mask = input_ids.to(self.device_), mask.to(self.device_)
-        body = self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.model
+        body = self.lm.get_decoder()
+        # What rows share with the known template + instruction head; a bare LCP would, for
+        # a single text, cache that whole text as a "prefix" and evict the useful ones.
+        shared = _common_prefix_length([*batch, list(prefix_hint or self.template.prefix_ids)])
+        rest_ids, rest_mask = pad_left([ids[shared:] for ids in batch], self.tokenizer.pad_token_id)
+        rest_ids, rest_mask = rest_ids.to(self.device_), rest_mask.to(self.device_)
+        n_batch, n_special = rest_ids.shape[0], self.config.n_special
+        cache = self._expanded_prefix_cache(tuple(batch[0][:shared]), n_batch)
+        prefix_mask = torch.ones((n_batch, shared), dtype=torch.long, device=self.device_)
+        mask = torch.cat([prefix_mask, rest_mask], dim=1)
         with torch.no_grad():
-            prefix = body(
-                input_ids=input_ids,
+            body(
+                input_ids=rest_ids,
                 attention_mask=mask,
-                position_ids=positions_from_mask(mask),
+                position_ids=positions_from_mask(mask)[:, shared:],
+                past_key_values=cache,
                 use_cache=True,
             )
-        n_batch, n_special = input_ids.shape[0], self.config.n_special
         special = self.special_tokens.to(self.dtype_).unsqueeze(0).expand(n_batch, -1, -1)
         lengths = mask.sum(-1, keepdim=True)
         positions = lengths + torch.arange(n_special, device=self.device_).unsqueeze(0)
@@ -265,13 +284,39 @@ class L2VGEncoder(torch.nn.Module):
             inputs_embeds=special,
             attention_mask=full_mask,
             position_ids=positions,
-            past_key_values=prefix.past_key_values,
+            past_key_values=cache,
             use_cache=True,
         )
         return out.last_hidden_state[:, -self.config.n_compression :].float()
 
-    def soft_prompts_from_ids(self, batch: list[list[int]]) -> torch.Tensor:
-        return self.recon_head(self.compression_states(batch))
+    def _expanded_prefix_cache(self, prefix: tuple[int, ...], n_batch: int) -> Any:
+        """A fresh KV cache holding ``prefix`` for every row (computed once per prefix)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.lm.config)
+        if not prefix:
+            return cache
+        # Inference-mode tensors cannot enter autograd, so training gets its own entries.
+        key = (prefix, self.dtype_, str(self.device_), torch.is_inference_mode_enabled())
+        layers = self._prefix_kv.get(key)
+        if layers is None:
+            with torch.no_grad():
+                out = self.lm.get_decoder()(
+                    input_ids=torch.tensor([prefix], device=self.device_), use_cache=True
+                )
+            layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            if len(self._prefix_kv) >= _PREFIX_CACHE_SIZE:
+                self._prefix_kv.pop(next(iter(self._prefix_kv)))
+            self._prefix_kv[key] = layers
+        for index, (keys, values) in enumerate(layers):
+            cache.update(keys.expand(n_batch, -1, -1, -1), values.expand(n_batch, -1, -1, -1), index)
+        return cache
+
+    def soft_prompts_from_ids(self, batch: list[list[int]], prefix_hint: Sequence[int] = ()) -> torch.Tensor:
+        return self.recon_head(self.compression_states(batch, prefix_hint))
+
+    def prefix_hint(self, prompt: str | None) -> list[int]:
+        return prompt_prefix_ids(self.tokenizer, self.template, prompt)
 
     def embed_soft_prompts(self, soft: torch.Tensor) -> torch.Tensor:
         """The (unnormalised) embedding: mean over K of the aligned soft prompts."""
@@ -294,9 +339,10 @@ class L2VGEncoder(torch.nn.Module):
         if not items:
             return empty_output(self.dim, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor)
         ids = self.tokenize(items, prompt)
+        hint = self.prefix_hint(prompt)
 
         def embed(batch: list[list[int]]) -> torch.Tensor:
-            return self.embed_soft_prompts(self.soft_prompts_from_ids(batch))
+            return self.embed_soft_prompts(self.soft_prompts_from_ids(batch, hint))
 
         with self._lock, torch.inference_mode():
             out = run_batched(
@@ -332,11 +378,12 @@ class L2VGEncoder(torch.nn.Module):
         if not items:
             return torch.zeros((0, self.config.n_compression, self.hidden_size))
         ids = self.tokenize(items, prompt)
+        hint = self.prefix_hint(prompt)
         with self._lock, torch.inference_mode():
             flat = run_batched(
                 ids,
                 [len(i) for i in ids],
-                lambda b: self.soft_prompts_from_ids(b).flatten(1),
+                lambda b: self.soft_prompts_from_ids(b, hint).flatten(1),
                 batch_size=batch_size,
                 show_progress_bar=False,
                 desc="soft prompts",
@@ -401,6 +448,17 @@ class L2VGEncoder(torch.nn.Module):
             f"compression={c.n_compression}, dim={self.dim}, dtype={self.dtype_}, "
             f"document_mode={c.document_mode!r})"
         )
+
+
+def _common_prefix_length(rows: list[list[int]]) -> int:
+    """Tokens every row starts with, leaving every row (but the last, a hint) one own token."""
+    batch = rows[:-1]
+    limit = min(min(len(ids) for ids in batch) - 1, len(rows[-1]))
+    first = batch[0]
+    length = 0
+    while length < limit and all(ids[length] == first[length] for ids in rows):
+        length += 1
+    return length
 
 
 def _teacher_dim(name: str, teacher: LoadedTeacher | None) -> int:

@@ -94,12 +94,15 @@ def build_input_ids(
     max_text_tokens: int,
 ) -> list[list[int]]:
     """Token ids per text with the prompt before it; only the text part is truncated."""
+    head = prompt_prefix_ids(tokenizer, template, prompt)
+    cut = [clean_text(t[: max_text_tokens * _CHARS_PER_TOKEN_BOUND]) for t in texts]
+    encoded = tokenizer(cut, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    return [[*head, *ids[:max_text_tokens], *template.suffix_ids] for ids in encoded]
+
+
+def prompt_prefix_ids(tokenizer: object, template: PromptTemplate, prompt: str | None) -> list[int]:
+    """The ids every input with this prompt starts with: template head + instruction."""
     prompt_ids: list[int] = []
     if prompt:
         prompt_ids = tokenizer(prompt.strip() + "\n", add_special_tokens=False)["input_ids"]  # type: ignore[operator]
-    cut = [clean_text(t[: max_text_tokens * _CHARS_PER_TOKEN_BOUND]) for t in texts]
-    encoded = tokenizer(cut, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
-    return [
-        [*template.prefix_ids, *prompt_ids, *ids[:max_text_tokens], *template.suffix_ids]
-        for ids in encoded
-    ]
+    return [*template.prefix_ids, *prompt_ids]

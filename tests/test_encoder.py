@@ -229,3 +229,21 @@ def test_concurrent_encode_from_threads(tiny_encoder: L2VGEncoder) -> None:
         results = list(pool.map(lambda _: tiny_encoder.encode(TEXTS), range(8)))
     for result in results:
         assert np.abs(result - expected).max() < 1e-5
+
+
+def test_cached_prefix_passes_match_one_full_forward(tiny_encoder: L2VGEncoder) -> None:
+    """The staged KV-cache computation equals running [text | special tokens] in one pass."""
+    prompt = "retrieve:"
+    ids = tiny_encoder.tokenize([TEXTS[0]], prompt)[0]
+    lm = tiny_encoder.lm
+    with torch.no_grad():
+        embeds = torch.cat(
+            [lm.get_input_embeddings()(torch.tensor([ids])), tiny_encoder.special_tokens.unsqueeze(0)], dim=1
+        )
+        full = lm.get_decoder()(inputs_embeds=embeds).last_hidden_state
+        reference = full[:, -tiny_encoder.config.n_compression :]
+        staged = tiny_encoder.compression_states([ids], tiny_encoder.prefix_hint(prompt))
+        # Second call reuses the cached prefix: same result.
+        again = tiny_encoder.compression_states([ids], tiny_encoder.prefix_hint(prompt))
+    assert torch.allclose(staged, reference, atol=1e-5)
+    assert torch.equal(staged, again)

@@ -1,0 +1,94 @@
+"""The local MTEB-style suite: data readers, known scores through mteb, tiny-encoder smoke."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from l2vg_retrieval.bench.bright import load_source
+from l2vg_retrieval.bench.lineup import DenseRetriever, build_retrievers
+from l2vg_retrieval.bench.mteb_suite import (
+    LOCAL_TASKS,
+    build_task,
+    evaluate_model,
+    lee_sts_pairs,
+    polarity_sentences,
+    run_suite,
+)
+from l2vg_retrieval.encoder import L2VGEncoder
+
+# gensim is a carrier of data files only (installed --no-deps, never imported).
+if importlib.util.find_spec("gensim") is None:
+    pytest.skip(
+        "the suite reads gensim's test data: pip install --no-deps gensim==4.4.0", allow_module_level=True
+    )
+
+
+def test_lee_pairs_and_polarity() -> None:
+    s1, s2, scores = lee_sts_pairs()
+    assert len(s1) == len(s2) == len(scores) == 50 * 49 // 2
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    s1, _, _ = lee_sts_pairs(4)
+    assert len(s1) == 6
+    rows = polarity_sentences()
+    assert len(rows) == 200 and {y for _, y in rows} == {0, 1}
+
+
+class OracleEncoder:
+    """Embeds an offline post as the one-hot vector of its gold document, and a document
+    as its own one-hot: a perfect retriever, so mteb must report nDCG@10 = 1."""
+
+    def __init__(self) -> None:
+        domains = load_source("offline")
+        ids = [d["id"] for d in domains[0].documents]
+        self.index = {doc["content"]: ids.index(doc["id"]) for doc in domains[0].documents}
+        self.gold = {e["query"]: ids.index(e["gold_ids"][0]) for d in domains for e in d.examples}
+        self.dim = len(ids)
+
+    def _onehot(self, positions: list[int]) -> np.ndarray:
+        out = np.zeros((len(positions), self.dim), dtype=np.float32)
+        out[np.arange(len(positions)), positions] = 1.0
+        return out
+
+    def encode_query(self, texts: list[str], **kwargs: object) -> np.ndarray:
+        return self._onehot([self.gold[t] for t in texts])
+
+    def encode_document(self, texts: list[str], **kwargs: object) -> np.ndarray:
+        return self._onehot([self.index[t] for t in texts])
+
+
+def test_retrieval_task_through_mteb_scores_oracle_perfectly() -> None:
+    scores = evaluate_model(
+        DenseRetriever("oracle", OracleEncoder()), [build_task("L2VGReasoningRetrieval", 8)]
+    )
+    assert scores == {"L2VGReasoningRetrieval": pytest.approx(1.0)}
+
+
+def test_unknown_local_task_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no local task"):
+        build_task("L2VGNope")
+
+
+def test_suite_end_to_end_on_tiny_encoder(tiny_encoder: L2VGEncoder) -> None:
+    retrievers = build_retrievers(
+        tiny_encoder, ["teacher", "generate-then-encode", "l2vg-gen-docs"], gte_max_new_tokens=2
+    )
+    out = run_suite(
+        retrievers,
+        LOCAL_TASKS,
+        limits={
+            "L2VGLeeSTS": 4,
+            "L2VGPolarityClassification": 16,
+            "L2VGReasoningDomainClustering": 8,
+            "L2VGReasoningRetrieval": 4,
+        },
+        subset_limits={"L2VGLeeSTS": 3, "L2VGReasoningRetrieval": 2},
+    )
+    assert set(out["scores"]) == {"teacher", "l2vg-gen-docs"}
+    assert set(out["scores"]["teacher"]) == set(LOCAL_TASKS)
+    assert set(out["subset_scores"]) == set(retrievers)
+    assert set(out["subset_scores"]["generate-then-encode"]) == {"L2VGLeeSTS", "L2VGReasoningRetrieval"}
+    for row in out["scores"].values():
+        assert all(np.isfinite(v) for v in row.values())
