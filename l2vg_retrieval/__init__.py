@@ -16,6 +16,7 @@ __all__ = [
     "GenerateThenEncode",
     "InputCentricEncoder",
     "L2VGEncoder",
+    "QdrantIndexer",
     "TeacherEncoder",
     "__version__",
 ]
@@ -27,12 +28,14 @@ _LAZY = {
     "TeacherEncoder": ("teacher", "TeacherEncoder"),
     "InputCentricEncoder": ("baselines", "InputCentricEncoder"),
     "GenerateThenEncode": ("baselines", "GenerateThenEncode"),
+    "QdrantIndexer": ("qdrant", "QdrantIndexer"),
 }
 
 if TYPE_CHECKING:
     from .baselines import GenerateThenEncode, InputCentricEncoder
     from .config import EncoderConfig
     from .encoder import CheckpointError, L2VGEncoder
+    from .qdrant import QdrantIndexer
     from .teacher import TeacherEncoder
 
 

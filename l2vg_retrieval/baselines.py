@@ -72,7 +72,9 @@ class InputCentricEncoder:
     ) -> Any:
         items, single = as_text_list(texts)
         if not items:
-            return empty_output(self.dim, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor)
+            return empty_output(
+                self.dim, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor
+            )
         ids = build_input_ids(
             self.tokenizer, self.template, items, prompt=prompt, max_text_tokens=self.max_text_tokens
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -38,7 +38,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
     raise typer.Exit(code)
 
 
-def load_encoder(model: str | None, dtype: str = "auto", document_mode: str | None = None):  # noqa: ANN201
+def load_encoder(model: str | None, dtype: str = "auto", document_mode: str | None = None) -> Any:
     """Load an encoder, turning checkpoint problems into a clean exit."""
     from .encoder import CheckpointError, L2VGEncoder
 

@@ -152,8 +152,7 @@ class L2VGEncoder(torch.nn.Module):
             )
         if int(meta["hidden_size"]) != encoder.hidden_size:
             raise CheckpointError(
-                f"checkpoint hidden size {meta['hidden_size']} != backbone hidden size "
-                f"{encoder.hidden_size}"
+                f"checkpoint hidden size {meta['hidden_size']} != backbone hidden size {encoder.hidden_size}"
             )
         encoder.load_trainable_state(_load_weights(folder))
         return encoder
@@ -337,7 +336,9 @@ class L2VGEncoder(torch.nn.Module):
         """Embed texts with an optional instruction ``prompt`` placed before each text."""
         items, single = as_text_list(texts)
         if not items:
-            return empty_output(self.dim, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor)
+            return empty_output(
+                self.dim, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor
+            )
         ids = self.tokenize(items, prompt)
         hint = self.prefix_hint(prompt)
 

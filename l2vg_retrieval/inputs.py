@@ -44,9 +44,7 @@ def clean_text(text: str) -> str:
     """Replace control characters (except newline/tab) and lone surrogates with spaces."""
     text = text.encode("utf-8", "replace").decode("utf-8") if _has_surrogates(text) else text
     if any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in text):
-        text = "".join(
-            " " if unicodedata.category(c) == "Cc" and c not in "\n\t" else c for c in text
-        )
+        text = "".join(" " if unicodedata.category(c) == "Cc" and c not in "\n\t" else c for c in text)
     return text
 
 

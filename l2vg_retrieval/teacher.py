@@ -52,7 +52,9 @@ class TeacherEncoder:
     ) -> Any:
         items, single = as_text_list(texts)
         if not items:
-            return empty_output(self.dim, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor)
+            return empty_output(
+                self.dim, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor
+            )
         prepared = [clean_text(f"{prompt} {t}" if prompt else t) for t in items]
         with self._lock:
             out = run_batched(

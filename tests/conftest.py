@@ -9,9 +9,9 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from l2vg_retrieval.backbones import LoadedBackbone, LoadedTeacher  # noqa: E402
-from l2vg_retrieval.config import EncoderConfig  # noqa: E402
-from l2vg_retrieval.encoder import L2VGEncoder  # noqa: E402
+from l2vg_retrieval.backbones import LoadedBackbone, LoadedTeacher
+from l2vg_retrieval.config import EncoderConfig
+from l2vg_retrieval.encoder import L2VGEncoder
 
 _CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"

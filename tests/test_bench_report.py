@@ -72,7 +72,7 @@ def test_results_carry_machine_and_command(tmp_path: Path) -> None:
 def test_headline_numbers(tmp_path: Path) -> None:
     _fake_results(tmp_path)
     text = headline(read_results(tmp_path))
-    assert "30× more queries per second" in text
+    assert "30.0× more queries per second" in text
     assert "= 80% of its quality" in text  # 0.4 / 0.5 on the same subset
 
 

@@ -166,7 +166,9 @@ def test_frozen_backbone_after_a_training_step(tiny_encoder: L2VGEncoder) -> Non
     optimizer.step()
     for key, value in tiny_encoder.lm.state_dict().items():
         assert torch.equal(value, before[key]), f"backbone tensor {key} changed"
-    changed = [k for k, v in tiny_encoder.trainable_state().items() if not torch.equal(v, trainable_before[k])]
+    changed = [
+        k for k, v in tiny_encoder.trainable_state().items() if not torch.equal(v, trainable_before[k])
+    ]
     assert set(changed) == set(trainable_before), f"only some trainable tensors moved: {changed}"
     assert sum(p.numel() for p in params) == sum(v.numel() for v in trainable_before.values())
 

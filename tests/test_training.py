@@ -12,7 +12,7 @@ from conftest import build_tiny_backbone, build_tiny_encoder, build_tiny_teacher
 from l2vg_retrieval.training.config import ConfigFileError, TrainConfig, load_train_config
 from l2vg_retrieval.training.responses import generate_response_cache, read_cache
 from l2vg_retrieval.training.targets import build_targets, load_targets
-from l2vg_retrieval.training.trainer import TrainExample, Trainer, compute_losses
+from l2vg_retrieval.training.trainer import Trainer, TrainExample, compute_losses
 
 QUERIES = [
     "what is the capital of France?",
@@ -81,7 +81,10 @@ def test_resume_gives_the_same_next_step_as_an_uninterrupted_run(tmp_path: Path)
     assert resumed.step == full.step == 6
     for key, value in full.encoder.trainable_state().items():
         assert torch.allclose(value, resumed.encoder.trainable_state()[key], atol=1e-6), key
-    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "run" / "loss_log.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "b" / "run" / "loss_log.jsonl").read_text().splitlines()
+    ]
     assert steps == sorted(set(steps)) and steps[-1] == 6
 
 
@@ -99,21 +102,36 @@ def test_response_cache_resumes_without_duplicates_or_gaps(tmp_path: Path) -> No
     backbone = build_tiny_backbone()
     rows = [{"id": f"q{i}", "text": q} for i, q in enumerate(QUERIES)]
     cache = tmp_path / "responses.jsonl"
-    generate_response_cache(rows[:3], cache, backbone.model, backbone.tokenizer, max_new_tokens=4,
-                            batch_size=2, show_progress_bar=False)
+    generate_response_cache(
+        rows[:3],
+        cache,
+        backbone.model,
+        backbone.tokenizer,
+        max_new_tokens=4,
+        batch_size=2,
+        show_progress_bar=False,
+    )
     # Simulate a kill mid-write: a torn final line.
     with cache.open("a") as fh:
         fh.write('{"id": "q3", "query": "torn')
-    done = generate_response_cache(rows, cache, backbone.model, backbone.tokenizer, max_new_tokens=4,
-                                   batch_size=2, show_progress_bar=False)
+    done = generate_response_cache(
+        rows,
+        cache,
+        backbone.model,
+        backbone.tokenizer,
+        max_new_tokens=4,
+        batch_size=2,
+        show_progress_bar=False,
+    )
     lines = [json.loads(line) for line in cache.read_text().splitlines()]
     ids = [line["id"] for line in lines]
     assert sorted(ids) == sorted(r["id"] for r in rows), "every id exactly once"
     assert set(done) == set(ids) and set(read_cache(cache)) == set(ids)
     # A third run has nothing to do and leaves the file as it is.
     before = cache.read_text()
-    generate_response_cache(rows, cache, backbone.model, backbone.tokenizer, max_new_tokens=4,
-                            show_progress_bar=False)
+    generate_response_cache(
+        rows, cache, backbone.model, backbone.tokenizer, max_new_tokens=4, show_progress_bar=False
+    )
     assert cache.read_text() == before
 
 
@@ -151,5 +169,32 @@ def test_config_paths_resolve_relative_to_the_file(tmp_path: Path) -> None:
 def test_both_loss_weights_zero_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="both be 0"):
         TrainConfig.model_validate(
-            {"output_dir": tmp_path, "data": {"train_queries": tmp_path / "q"}, "recon_weight": 0, "align_weight": 0}
+            {
+                "output_dir": tmp_path,
+                "data": {"train_queries": tmp_path / "q"},
+                "recon_weight": 0,
+                "align_weight": 0,
+            }
         )
+
+
+def test_refit_alignment_head_solves_the_alignment_mse() -> None:
+    from l2vg_retrieval.training.refit import refit_alignment_head
+
+    encoder = build_tiny_encoder()
+    examples = _examples(encoder, 12)
+    prompts = [None, "retrieve:"]
+    frozen = {k: v.clone() for k, v in encoder.trainable_state().items() if not k.startswith("align_head")}
+
+    def align_mse() -> float:
+        with torch.no_grad():
+            _, align = compute_losses(encoder, examples, [None] * len(examples))
+        return float(align)
+
+    before = align_mse()
+    info = refit_alignment_head(encoder, examples, prompts, ridges=(1e-3, 1e-1))
+    assert info["align_mse_after_refit"] < info["align_mse_before_refit"]
+    assert align_mse() < before
+    assert info["ridge"] in (1e-3, 1e-1) and info["refit_rows"] == 24
+    for key, value in frozen.items():
+        assert torch.equal(value, encoder.trainable_state()[key]), f"refit must only touch the head: {key}"

@@ -13,12 +13,16 @@ def register(app: typer.Typer) -> None:
     """Attach the training commands to the root ``l2vg`` app."""
     app.command("train")(train)
     app.command("queries")(build_queries)
+    app.command("publish")(publish_run)
 
 
 def train(
-    config_path: Annotated[Path, typer.Argument(help="YAML/JSON training config", exists=True, dir_okay=False)],
+    config_path: Annotated[
+        Path, typer.Argument(help="YAML/JSON training config", exists=True, dir_okay=False)
+    ],
     init_from: Annotated[
-        Path | None, typer.Option(help="start from this trained checkpoint (extend it) instead of fresh tokens")
+        Path | None,
+        typer.Option(help="start from this trained checkpoint (extend it) instead of fresh tokens"),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="override optim.steps")] = None,
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="skip baseline evaluation")] = False,
@@ -33,7 +37,9 @@ def train(
         config = load_train_config(config_path)
         if steps is not None:
             optim = config.optim.model_copy(update={"steps": steps})
-            config = config.model_copy(update={"optim": type(config.optim).model_validate(optim.model_dump())})
+            config = config.model_copy(
+                update={"optim": type(config.optim).model_validate(optim.model_dump())}
+            )
         summary = run_training(config, init_from=init_from, evaluate_baselines=not no_baselines)
     except ConfigFileError as exc:
         fail(str(exc))
@@ -52,4 +58,27 @@ def build_queries(
     from .queries import build_query_pool
 
     summary = build_query_pool(out_dir, seed=seed, heldout_fraction=heldout_fraction, cache_dir=cache_dir)
-    print(json.dumps({k: summary[k] for k in ("total", "train", "heldout", "counts") if k in summary}, indent=2))
+    print(
+        json.dumps({k: summary[k] for k in ("total", "train", "heldout", "counts") if k in summary}, indent=2)
+    )
+
+
+def publish_run(
+    run_dir: Annotated[
+        Path, typer.Argument(help="a finished `l2vg train` output_dir", exists=True, file_okay=False)
+    ],
+    dest: Annotated[Path, typer.Argument(help="checkpoint folder to write (weights, config, CARD.md)")],
+    sources_json: Annotated[Path | None, typer.Option(help="the query pool's sources.json")] = None,
+    plot: Annotated[Path, typer.Option(help="where the loss-curve PNG goes")] = Path(
+        "docs/training_loss.png"
+    ),
+) -> None:
+    """Copy a run's final checkpoint to DEST with a training card and a loss-curve plot."""
+    import sys
+
+    from .card import publish
+
+    folder = publish(
+        run_dir, dest, sources_json=sources_json, plot_path=plot, command=" ".join(["l2vg", *sys.argv[1:]])
+    )
+    print(folder / "CARD.md")

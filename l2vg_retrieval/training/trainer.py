@@ -68,7 +68,9 @@ def make_examples(
     return examples
 
 
-def reconstruction_loss(encoder: L2VGEncoder, soft: torch.Tensor, responses: list[tuple[int, ...]]) -> torch.Tensor:
+def reconstruction_loss(
+    encoder: L2VGEncoder, soft: torch.Tensor, responses: list[tuple[int, ...]]
+) -> torch.Tensor:
     """CE of the frozen LM on each response, teacher-forced, soft prompts as the only prefix."""
     lm = encoder.lm
     n_batch, k = soft.shape[0], soft.shape[1]
@@ -135,7 +137,9 @@ class Trainer:
         self.examples = examples
         self.config = config
         self.params = [p for p in encoder.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        )
         self.step = 0
         self.checkpoint_dir = config.output_dir / "checkpoints"
         self.log_path = config.output_dir / "loss_log.jsonl"
@@ -194,11 +198,17 @@ class Trainer:
         latest = self.latest_checkpoint()
         if latest is not None:
             self.resume(latest)
-        _truncate_log(self.log_path, self.step)
-        recon = align = float("nan")
+        last = _truncate_log(self.log_path, self.step)
+        # A resumed run continues the log's clock and, if nothing is left to do, reports
+        # the losses the log ended with.
+        offset = float(last.get("elapsed", 0.0)) if last else 0.0
+        recon = float(last["recon"]) if last else float("nan")
+        align = float(last["align"]) if last else float("nan")
         with (
             self.log_path.open("a") as log,
-            tqdm(total=config.optim.steps, initial=self.step, desc="train", disable=not show_progress_bar) as bar,
+            tqdm(
+                total=config.optim.steps, initial=self.step, desc="train", disable=not show_progress_bar
+            ) as bar,
         ):
             while self.step < config.optim.steps:
                 recon, align = self.train_step()
@@ -209,7 +219,7 @@ class Trainer:
                     "recon": round(recon, 5),
                     "align": round(align, 7),
                     "lr": lr_at(self.step - 1, config),
-                    "elapsed": round(time.time() - start, 2),
+                    "elapsed": round(offset + time.time() - start, 2),
                 }
                 if evaluate is not None and config.eval_every and self.step % config.eval_every == 0:
                     record["eval"] = evaluate(self.encoder)
@@ -223,7 +233,7 @@ class Trainer:
             steps=self.step,
             final_recon=recon,
             final_align=align,
-            wall_seconds=time.time() - start,
+            wall_seconds=offset + time.time() - start,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             checkpoint=self.latest_checkpoint() or self.save_checkpoint(),
         )
@@ -255,15 +265,19 @@ def _restore_optimizer(
     optimizer.load_state_dict(state)
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep log lines up to the resumed step, so a resumed run leaves no duplicate steps."""
+def _truncate_log(path: Path, step: int) -> dict[str, Any] | None:
+    """Keep log lines up to the resumed step (no duplicate steps); return the last kept."""
     if not path.is_file():
-        return
-    kept = []
+        return None
+    kept: list[str] = []
+    last: dict[str, Any] | None = None
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line)["step"] <= step:
+            record = json.loads(line)
+            if record["step"] <= step:
                 kept.append(line)
+                last = record
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     path.write_text("".join(k + "\n" for k in kept))
+    return last

@@ -1,0 +1,406 @@
+"""`l2vg bench {bright,mteb,speed,report,all}`: run the harnesses, write JSON, build the docs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from .results import DEFAULT_RESULTS_DIR
+
+console = Console(stderr=True)
+bench_app = typer.Typer(
+    name="bench",
+    help="Benchmarks: BRIGHT-style reasoning retrieval, an MTEB-style suite, speed, and the report.",
+    no_args_is_help=True,
+)
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="checkpoint folder (default: the packaged trained encoder)"),
+]
+UntrainedOpt = Annotated[
+    bool, typer.Option("--untrained", help="use an untrained encoder (dry run of the harness, not a result)")
+]
+DtypeOpt = Annotated[str, typer.Option(help="float32 | bfloat16 | auto")]
+ModelsOpt = Annotated[
+    str,
+    typer.Option(
+        "--models",
+        help="comma list from bm25, teacher, input-centric, generate-then-encode, l2vg-gen-docs, "
+        "l2vg-teacher-docs; or 'all'",
+    ),
+]
+OutDirOpt = Annotated[Path, typer.Option("--out-dir", help="where results JSON are written")]
+GteTokensOpt = Annotated[
+    int, typer.Option("--gte-max-new-tokens", min=1, max=1024, help="answer length for generate-then-encode")
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=1024)]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    from ..cli import fail
+
+    fail(message, code)
+
+
+def _load(model: str | None, untrained: bool, dtype: str) -> Any:
+    from ..encoder import CheckpointError
+    from .lineup import load_l2vg
+
+    try:
+        return load_l2vg(model, untrained=untrained, dtype=dtype)
+    except CheckpointError as exc:
+        hint = (
+            "" if model else " (the packaged checkpoint may not be trained yet; --untrained does a dry run)"
+        )
+        _fail(f"{exc}{hint}", 3)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    raise AssertionError("unreachable")
+
+
+def _models(spec: str) -> list[str]:
+    from .lineup import parse_models
+
+    try:
+        return parse_models(spec)
+    except ValueError as exc:
+        _fail(str(exc))
+    raise AssertionError("unreachable")
+
+
+def _step(label: str) -> Any:
+    def report(model: str, where: str) -> None:
+        console.print(f"[cyan]{label}[/cyan] {model} · {where}")
+
+    return report
+
+
+def _run_bright(
+    l2vg: Any,
+    *,
+    model: str | None,
+    untrained: bool,
+    models: list[str],
+    source: str,
+    domains: list[str] | None,
+    max_queries: int | None,
+    gte_queries: int,
+    long_documents: bool,
+    gte_max_new_tokens: int,
+    batch_size: int,
+    out_dir: Path,
+    name: str,
+) -> Path:
+    from .bright import BrightFormatError, load_source, run_bright
+    from .lineup import build_retrievers, describe_l2vg
+    from .results import write_results
+
+    try:
+        data = load_source(source, domains, long_documents=long_documents)
+    except BrightFormatError as exc:
+        _fail(str(exc))
+    retrievers = build_retrievers(l2vg, models, gte_max_new_tokens=gte_max_new_tokens, batch_size=batch_size)
+    start = time.perf_counter()
+    result = run_bright(
+        data,
+        retrievers,
+        max_queries=max_queries,
+        subset_queries=gte_queries if gte_queries > 0 and "generate-then-encode" in models else None,
+        on_step=_step("bright"),
+    )
+    payload = {
+        "model": describe_l2vg(l2vg, model, untrained) if l2vg is not None else None,
+        "source": source,
+        "long_documents": long_documents,
+        "models": models,
+        "gte_max_new_tokens": gte_max_new_tokens,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        **result,
+    }
+    path = write_results(name, payload, out_dir)
+    for key, m in result["mean"].items():
+        console.print(
+            f"  {key:22s} nDCG@10 {m['ndcg@10']:.3f}  R@10 {m['recall@10']:.3f}  MRR {m['mrr']:.3f}"
+        )
+    console.print(f"wrote {path}")
+    return path
+
+
+@bench_app.command()
+def bright(
+    model: ModelOpt = None,
+    untrained: UntrainedOpt = False,
+    dtype: DtypeOpt = "float32",
+    models: ModelsOpt = "all",
+    source: Annotated[
+        str,
+        typer.Option(
+            help="'offline' (packaged set), 'hub' (xlangai/BRIGHT, online) or a BRIGHT-format folder"
+        ),
+    ] = "offline",
+    domain: Annotated[
+        list[str] | None, typer.Option("--domain", help="domain(s) to run (default: all)")
+    ] = None,
+    max_queries: Annotated[int | None, typer.Option(min=1, help="first N queries per domain")] = None,
+    gte_queries: Annotated[
+        int, typer.Option(min=0, help="generate-then-encode runs on the first N queries per domain (0: all)")
+    ] = 4,
+    long_documents: Annotated[bool, typer.Option(help="use BRIGHT's long-document corpus")] = False,
+    gte_max_new_tokens: GteTokensOpt = 64,
+    batch_size: BatchOpt = 16,
+    out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
+    name: Annotated[str, typer.Option(help="results file name (without .json)")] = "bright",
+) -> None:
+    """BRIGHT-style reasoning retrieval: nDCG@10, Recall@{10,100}, MRR for the whole lineup."""
+    keys = _models(models)
+    # BM25 alone needs no model: the lexical sanity check runs in seconds.
+    l2vg = _load(model, untrained, dtype) if set(keys) - {"bm25"} else None
+    _run_bright(
+        l2vg,
+        model=model,
+        untrained=untrained,
+        models=keys,
+        source=source,
+        domains=domain,
+        max_queries=max_queries,
+        gte_queries=gte_queries,
+        long_documents=long_documents,
+        gte_max_new_tokens=gte_max_new_tokens,
+        batch_size=batch_size,
+        out_dir=out_dir,
+        name=name,
+    )
+
+
+def _run_mteb(
+    l2vg: Any,
+    *,
+    model: str | None,
+    untrained: bool,
+    models: list[str],
+    tasks: list[str] | None,
+    limit: int | None,
+    gte_subset: bool,
+    gte_max_new_tokens: int,
+    batch_size: int,
+    out_dir: Path,
+    name: str,
+) -> Path:
+    from .lineup import build_retrievers, describe_l2vg
+    from .mteb_suite import DEFAULT_SUBSET_LIMITS, LOCAL_TASKS, run_suite
+    from .results import write_results
+
+    dense = [k for k in models if k != "bm25"]  # BM25 has no place in STS/classification
+    retrievers = build_retrievers(l2vg, dense, gte_max_new_tokens=gte_max_new_tokens, batch_size=batch_size)
+    names = tasks or list(LOCAL_TASKS)
+    subset = {k: v for k, v in DEFAULT_SUBSET_LIMITS.items() if k in names} if gte_subset else {}
+    if limit:
+        subset = {k: min(v, limit) for k, v in subset.items()}
+    start = time.perf_counter()
+    result = run_suite(
+        retrievers,
+        names,
+        subset_limits=subset,
+        subset_only=("generate-then-encode",) if gte_subset else (),
+        limits=dict.fromkeys(names, limit) if limit else None,
+        on_step=_step("mteb"),
+    )
+    payload = {
+        "model": describe_l2vg(l2vg, model, untrained),
+        "models": dense,
+        "gte_max_new_tokens": gte_max_new_tokens,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        **result,
+    }
+    path = write_results(name, payload, out_dir)
+    for key, row in result["scores"].items():
+        console.print(
+            f"  {key:22s} " + "  ".join(f"{t.removeprefix('L2VG')} {v:.3f}" for t, v in row.items())
+        )
+    console.print(f"wrote {path}")
+    return path
+
+
+@bench_app.command("mteb")
+def mteb_cmd(
+    model: ModelOpt = None,
+    untrained: UntrainedOpt = False,
+    dtype: DtypeOpt = "float32",
+    models: ModelsOpt = "all",
+    task: Annotated[
+        list[str] | None,
+        typer.Option("--task", help="local task or any MTEB task name (online); default: the local suite"),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=2, help="cap every local task's size (quick look)")] = None,
+    gte_subset: Annotated[
+        bool, typer.Option(help="run generate-then-encode on the small subset only (else on everything)")
+    ] = True,
+    gte_max_new_tokens: GteTokensOpt = 64,
+    batch_size: BatchOpt = 16,
+    out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
+    name: Annotated[str, typer.Option(help="results file name (without .json)")] = "mteb",
+) -> None:
+    """MTEB-style suite through mteb.evaluate: STS, classification, clustering, retrieval."""
+    keys = _models(models)
+    l2vg = _load(model, untrained, dtype)
+    _run_mteb(
+        l2vg,
+        model=model,
+        untrained=untrained,
+        models=keys,
+        tasks=task,
+        limit=limit,
+        gte_subset=gte_subset,
+        gte_max_new_tokens=gte_max_new_tokens,
+        batch_size=batch_size,
+        out_dir=out_dir,
+        name=name,
+    )
+
+
+def _run_speed(
+    l2vg: Any,
+    *,
+    model: str | None,
+    untrained: bool,
+    dtypes: str,
+    n_texts: int,
+    n_latency: int,
+    gte_texts: int,
+    gte_max_new_tokens: int,
+    out_dir: Path,
+    name: str,
+) -> Path:
+    from .lineup import describe_l2vg
+    from .results import write_results
+    from .speed import run_speed
+
+    wanted = [d.strip() for d in dtypes.split(",") if d.strip()]
+    bad = [d for d in wanted if d not in ("float32", "bfloat16")]
+    if bad or not wanted:
+        _fail(f"--dtypes takes float32 and/or bfloat16, got {dtypes!r}")
+    described = describe_l2vg(l2vg, model, untrained)
+    start = time.perf_counter()
+    result = run_speed(
+        l2vg,
+        dtypes=wanted,
+        n_texts=n_texts,
+        n_latency=n_latency,
+        gte_texts=gte_texts,
+        gte_max_new_tokens=gte_max_new_tokens,
+        on_step=_step("speed"),
+    )
+    payload = {"model": described, "wall_seconds": round(time.perf_counter() - start, 1), **result}
+    path = write_results(name, payload, out_dir)
+    for dtype_name, ratios in result["ratios"].items():
+        console.print(f"  {dtype_name}: " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()))
+    console.print(f"wrote {path}")
+    return path
+
+
+@bench_app.command()
+def speed(
+    model: ModelOpt = None,
+    untrained: UntrainedOpt = False,
+    dtypes: Annotated[str, typer.Option(help="comma list: float32,bfloat16")] = "float32,bfloat16",
+    n_texts: Annotated[int, typer.Option(min=1, help="texts for the throughput run")] = 32,
+    n_latency: Annotated[int, typer.Option(min=1, help="single-text calls for latency")] = 4,
+    gte_texts: Annotated[int, typer.Option(min=1, help="texts generate-then-encode is timed on")] = 4,
+    gte_max_new_tokens: GteTokensOpt = 64,
+    out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
+    name: Annotated[str, typer.Option(help="results file name (without .json)")] = "speed",
+) -> None:
+    """Texts/s and latency (batch 1 and 32), fp32 and bf16, peak RSS, and L2VG's speed ratios."""
+    l2vg = _load(model, untrained, "float32")
+    _run_speed(
+        l2vg,
+        model=model,
+        untrained=untrained,
+        dtypes=dtypes,
+        n_texts=n_texts,
+        n_latency=n_latency,
+        gte_texts=gte_texts,
+        gte_max_new_tokens=gte_max_new_tokens,
+        out_dir=out_dir,
+        name=name,
+    )
+
+
+@bench_app.command()
+def report(
+    results_dir: Annotated[Path, typer.Option(help="folder of results JSON")] = DEFAULT_RESULTS_DIR,
+    docs_dir: Annotated[Path, typer.Option(help="where benchmarks.md and the PNGs go")] = Path("docs"),
+) -> None:
+    """Regenerate docs/benchmarks.md (tables + PNG plots) from the results JSON."""
+    from .report import write_report
+
+    try:
+        path = write_report(results_dir, docs_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"wrote {path}")
+
+
+@bench_app.command("all")
+def all_cmd(
+    model: ModelOpt = None,
+    untrained: UntrainedOpt = False,
+    gte_max_new_tokens: GteTokensOpt = 64,
+    out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
+    docs_dir: Annotated[Path, typer.Option(help="where benchmarks.md and the PNGs go")] = Path("docs"),
+) -> None:
+    """bright, mteb and speed with their defaults on one loaded model, then the report.
+
+    (The harmful-content benchmark has its own command.) Speed runs last: it converts
+    the shared backbone to bf16.
+    """
+    from .lineup import MODEL_KEYS
+
+    l2vg = _load(model, untrained, "float32")
+    common = {
+        "model": model,
+        "untrained": untrained,
+        "gte_max_new_tokens": gte_max_new_tokens,
+        "out_dir": out_dir,
+    }
+    _run_bright(
+        l2vg,
+        models=list(MODEL_KEYS),
+        source="offline",
+        domains=None,
+        max_queries=None,
+        gte_queries=4,
+        long_documents=False,
+        batch_size=16,
+        name="bright",
+        **common,
+    )
+    _run_mteb(
+        l2vg,
+        models=list(MODEL_KEYS),
+        tasks=None,
+        limit=None,
+        gte_subset=True,
+        batch_size=16,
+        name="mteb",
+        **common,
+    )
+    _run_speed(l2vg, dtypes="float32,bfloat16", n_texts=32, n_latency=4, gte_texts=4, name="speed", **common)
+    report(results_dir=out_dir, docs_dir=docs_dir)
+
+
+# --- other benchmark commands -------------------------------------------------------
+# The harmful-content benchmark lives in its own module and attaches `harmful` here.
+from .harmful_cli import register as _register_harmful  # noqa: E402
+
+_register_harmful(bench_app)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``l2vg bench ...`` to the root ``l2vg`` app."""
+    app.add_typer(bench_app, name="bench")

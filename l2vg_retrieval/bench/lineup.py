@@ -1,0 +1,252 @@
+"""The model lineup every benchmark compares, built around ONE loaded backbone and teacher.
+
+A retriever here scores queries against documents. Dense retrievers wrap an encoder with
+the library's ``encode_query`` / ``encode_document`` signature and cache embeddings by
+text, so a corpus shared by several tasks or domains is embedded once per model.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+# Order matters: it is the order of every table and plot.
+MODEL_KEYS: tuple[str, ...] = (
+    "bm25",
+    "teacher",
+    "input-centric",
+    "generate-then-encode",
+    "l2vg-gen-docs",
+    "l2vg-teacher-docs",
+)
+MODEL_LABELS: dict[str, str] = {
+    "bm25": "BM25",
+    "teacher": "teacher (MiniLM) on raw text",
+    "input-centric": "input-centric (mean-pooled backbone)",
+    "generate-then-encode": "generate-then-encode (HyDE)",
+    "l2vg-gen-docs": "L2VG, documents generative",
+    "l2vg-teacher-docs": "L2VG, documents by teacher",
+}
+DENSE_KEYS = tuple(k for k in MODEL_KEYS if k != "bm25")
+
+
+class Retriever(Protocol):
+    key: str
+
+    def score(
+        self, queries: Sequence[str], documents: Sequence[str], *, instruction: str | None = None
+    ) -> np.ndarray:
+        """A ``[len(queries), len(documents)]`` score matrix, higher is more relevant."""
+        ...
+
+
+# A short English stop list: BM25 should match content words, as pyserini's analyzer does.
+_STOPWORD_TEXT = """
+a an and are as at be but by for from has have he her his i if in into is it its me my of on or
+our she so that the their them then there these they this to was we were what when where which
+who why will with you your do does did not no can how
+"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def bm25_tokenize(text: str) -> list[str]:
+    """Lowercase word tokens without stop words, with a plural 's' stripped.
+
+    A light stand-in for Lucene's English analyzer (BRIGHT's BM25 runs on pyserini):
+    enough that "posts" matches "post", not a full stemmer.
+    """
+    tokens = []
+    for tok in _TOKEN.findall(text.lower()):
+        if tok in _STOPWORDS:
+            continue
+        if len(tok) > 3 and tok.endswith("s") and not tok.endswith("ss"):
+            tok = tok[:-1]
+        tokens.append(tok)
+    return tokens
+
+
+@dataclass
+class BM25Retriever:
+    key: str = "bm25"
+    k1: float = 0.9  # pyserini's defaults, which BRIGHT uses
+    b: float = 0.4
+
+    def score(
+        self, queries: Sequence[str], documents: Sequence[str], *, instruction: str | None = None
+    ) -> np.ndarray:
+        from rank_bm25 import BM25Okapi
+
+        # The instruction is for neural models; a lexical model would only match its words.
+        corpus = [bm25_tokenize(d) or ["<empty>"] for d in documents]
+        index = BM25Okapi(corpus, k1=self.k1, b=self.b)
+        return np.stack([index.get_scores(bm25_tokenize(q)) for q in queries]).astype(np.float32)
+
+
+@dataclass
+class DenseRetriever:
+    """Cosine similarity between normalised query and document embeddings."""
+
+    key: str
+    encoder: Any
+    batch_size: int = 16
+    show_progress_bar: bool = False
+    # Keyed by (instruction, text). The two L2VG document modes share one query cache:
+    # their query side is the same model.
+    query_cache: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
+    document_cache: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
+    seconds: dict[str, float] = field(default_factory=lambda: {"queries": 0.0, "documents": 0.0})
+
+    def _embed(self, role: str, texts: Sequence[str], instruction: str | None) -> np.ndarray:
+        tag = instruction or ""
+        cache = self.query_cache if role == "query" else self.document_cache
+        missing = list(dict.fromkeys(t for t in texts if (tag, t) not in cache))
+        if missing:
+            start = time.perf_counter()
+            kwargs = {"batch_size": self.batch_size, "show_progress_bar": self.show_progress_bar}
+            if role == "query":
+                vectors = self.encoder.encode_query(missing, instruction=instruction, **kwargs)
+            else:
+                vectors = self.encoder.encode_document(missing, **kwargs)
+            self.seconds["queries" if role == "query" else "documents"] += time.perf_counter() - start
+            for text, vector in zip(missing, np.asarray(vectors, dtype=np.float32), strict=True):
+                cache[(tag, text)] = vector
+        return np.stack([cache[(tag, t)] for t in texts])
+
+    def embed_queries(self, queries: Sequence[str], instruction: str | None = None) -> np.ndarray:
+        return self._embed("query", queries, instruction)
+
+    def embed_documents(self, documents: Sequence[str]) -> np.ndarray:
+        return self._embed("document", documents, None)
+
+    def score(
+        self, queries: Sequence[str], documents: Sequence[str], *, instruction: str | None = None
+    ) -> np.ndarray:
+        q = _unit(self.embed_queries(queries, instruction))
+        d = _unit(self.embed_documents(documents))
+        return q @ d.T
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+
+
+def parse_models(spec: str | Sequence[str] | None) -> list[str]:
+    """``"all"``/None, a comma list or a sequence of keys → validated keys in table order."""
+    if spec is None or spec == "all":
+        return list(MODEL_KEYS)
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    unknown = [s for s in items if s not in MODEL_KEYS]
+    if unknown or not items:
+        raise ValueError(
+            f"unknown model(s) {unknown or spec!r}; choose from {', '.join(MODEL_KEYS)} or 'all'"
+        )
+    return [k for k in MODEL_KEYS if k in items]
+
+
+def encoders_from(l2vg: Any, keys: Sequence[str], *, gte_max_new_tokens: int = 96) -> dict[str, Any]:
+    """Build the dense lineup around an existing L2VG encoder, sharing its backbone and teacher.
+
+    ``InputCentricEncoder``/``GenerateThenEncode`` get the same ``LoadedBackbone`` object,
+    the teacher baseline is the encoder's own teacher wrapper, and the teacher-documents
+    variant is a second encoder over the same backbone with the same trained tensors
+    and ``document_mode="teacher"``: only a few hundred kilobytes are duplicated.
+    """
+    from ..baselines import GenerateThenEncode, InputCentricEncoder
+    from ..encoder import L2VGEncoder
+
+    teacher = l2vg.teacher
+    device, dtype = str(l2vg.device_), l2vg.dtype_
+    out: dict[str, Any] = {}
+    for key in keys:
+        if key == "teacher":
+            out[key] = teacher
+        elif key == "input-centric":
+            out[key] = InputCentricEncoder(l2vg.backbone, device=device, dtype=dtype)
+        elif key == "generate-then-encode":
+            out[key] = GenerateThenEncode(
+                l2vg.backbone, teacher, device=device, dtype=dtype, max_new_tokens=gte_max_new_tokens
+            )
+        elif key in ("l2vg-gen-docs", "l2vg-teacher-docs"):
+            mode = "generative" if key == "l2vg-gen-docs" else "teacher"
+            if l2vg.config.document_mode == mode:
+                out[key] = l2vg
+            else:
+                twin = L2VGEncoder(
+                    l2vg.config.model_copy(update={"document_mode": mode}),
+                    l2vg.backbone,
+                    teacher_dim=l2vg.teacher_dim,
+                    teacher=teacher.teacher,
+                    device=device,
+                    dtype=dtype,
+                )
+                twin.load_trainable_state(l2vg.trainable_state())
+                out[key] = twin
+        elif key != "bm25":
+            raise ValueError(f"unknown model key {key!r}")
+    return out
+
+
+def load_l2vg(
+    checkpoint: str | None, *, untrained: bool = False, dtype: str = "float32", device: str | None = "cpu"
+) -> Any:
+    """The trained encoder (packaged default or a folder), or an untrained one for dry runs.
+
+    One backbone and one teacher are loaded here and shared by the whole lineup.
+    """
+    from ..backbones import load_backbone, load_teacher
+    from ..config import EncoderConfig
+    from ..encoder import L2VGEncoder, read_checkpoint_meta
+
+    if untrained:
+        config = EncoderConfig()
+    else:
+        from pathlib import Path
+
+        from ..encoder import DEFAULT_CHECKPOINT
+
+        config = EncoderConfig.model_validate(
+            read_checkpoint_meta(Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT)["config"]
+        )
+    backbone = load_backbone(config.backbone)
+    teacher = load_teacher(config.teacher)
+    if untrained:
+        return L2VGEncoder.from_config(config, backbone=backbone, teacher=teacher, device=device, dtype=dtype)
+    return L2VGEncoder.from_pretrained(
+        checkpoint, backbone=backbone, teacher=teacher, device=device, dtype=dtype
+    )
+
+
+def build_retrievers(
+    l2vg: Any, keys: Sequence[str], *, gte_max_new_tokens: int = 96, batch_size: int = 16
+) -> dict[str, Retriever]:
+    dense = [k for k in keys if k != "bm25"]
+    encoders = encoders_from(l2vg, dense, gte_max_new_tokens=gte_max_new_tokens) if dense else {}
+    out: dict[str, Retriever] = {}
+    for key in keys:
+        out[key] = (
+            BM25Retriever() if key == "bm25" else DenseRetriever(key, encoders[key], batch_size=batch_size)
+        )
+    gen, tea = out.get("l2vg-gen-docs"), out.get("l2vg-teacher-docs")
+    if isinstance(gen, DenseRetriever) and isinstance(tea, DenseRetriever):
+        tea.query_cache = gen.query_cache
+    return out
+
+
+def describe_l2vg(l2vg: Any, checkpoint: str | None, untrained: bool) -> dict[str, Any]:
+    """What the results were computed with: goes into every results JSON."""
+    return {
+        "checkpoint": "untrained (from_config)" if untrained else (checkpoint or "packaged default"),
+        "untrained": untrained,
+        "backbone": l2vg.config.backbone,
+        "teacher": l2vg.config.teacher,
+        "n_thought": l2vg.config.n_thought,
+        "n_compression": l2vg.config.n_compression,
+        "dtype": str(l2vg.dtype_).removeprefix("torch."),
+        "fingerprint": l2vg.fingerprint,
+    }

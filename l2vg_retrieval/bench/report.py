@@ -1,0 +1,311 @@
+"""Turn ``benchmarks/results/*.json`` into ``docs/benchmarks.md`` plus matplotlib PNGs.
+
+Each benchmark has a section renderer; a results file with no renderer is listed with a
+pointer to its JSON. To add a benchmark (e.g. ``harmful``), add a function to
+``SECTIONS``: it receives the parsed JSON and the docs folder and returns markdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .lineup import MODEL_LABELS
+from .results import DEFAULT_RESULTS_DIR, read_results
+
+DEFAULT_DOCS_DIR = Path("docs")
+SPEED_LABELS = {
+    "l2vg": "L2VG",
+    "input-centric": "input-centric",
+    "teacher": "teacher (MiniLM)",
+    "generate-then-encode": "generate-then-encode",
+}
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _meta_line(data: dict[str, Any]) -> str:
+    meta = data.get("meta", {})
+    machine = meta.get("machine", {})
+    versions = machine.get("versions", {})
+    model = data.get("model") or {}
+    parts = [
+        f"`{meta.get('command', '?')}`",
+        meta.get("timestamp", "?"),
+        f"{machine.get('cpu', '?')} ({machine.get('cores_usable', '?')} cores)",
+        f"torch {versions.get('torch')}, transformers {versions.get('transformers')}",
+    ]
+    if model:
+        parts.append(f"encoder: {model.get('checkpoint')} ({model.get('dtype')})")
+    text = "Produced by " + " · ".join(parts) + "."
+    if model.get("untrained"):
+        text += "\n\n> **These numbers come from an UNTRAINED encoder (a dry run of the harness).**"
+    return text
+
+
+def _bar_png(path: Path, title: str, labels: list[str], series: dict[str, list[float]], ylabel: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(labels) + 2), 4))
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(labels))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=name)
+    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ sections
+def section_bright(data: dict[str, Any], docs: Path) -> str:
+    mean, domains = data["mean"], data["domains"]
+    keys = [k for k in MODEL_LABELS if k in mean]
+    names = list(domains)
+    rows = [
+        [
+            MODEL_LABELS[k],
+            *[domains[d][k]["ndcg@10"] for d in names],
+            *[mean[k][m] for m in ("ndcg@10", "recall@10", "recall@100", "mrr")],
+        ]
+        for k in keys
+    ]
+    out = [
+        "## BRIGHT-style reasoning retrieval",
+        _meta_line(data),
+        f"Source: `{data.get('source')}`; queries per domain: {data['n_queries']}; "
+        f"documents per domain: {data['n_documents']}. nDCG@10 per domain, then means over domains.",
+        _table(["model", *names, "nDCG@10", "R@10", "R@100", "MRR"], rows),
+    ]
+    sub = data.get("subset_mean") or {}
+    if sub:
+        out.append(
+            f"Same models on the first {data['subset_queries']} queries of each domain (where "
+            "generate-then-encode ran):"
+        )
+        out.append(
+            _table(
+                ["model", "nDCG@10", "R@10", "MRR"],
+                [
+                    [MODEL_LABELS[k], sub[k]["ndcg@10"], sub[k]["recall@10"], sub[k]["mrr"]]
+                    for k in MODEL_LABELS
+                    if k in sub
+                ],
+            )
+        )
+    png = docs / "benchmarks_bright.png"
+    _bar_png(
+        png,
+        "BRIGHT-style nDCG@10",
+        [MODEL_LABELS[k] for k in keys],
+        {"nDCG@10": [mean[k]["ndcg@10"] for k in keys]},
+        "nDCG@10",
+    )
+    out.append(f"![BRIGHT-style nDCG@10]({png.name})")
+    return "\n\n".join(out)
+
+
+def section_mteb(data: dict[str, Any], docs: Path) -> str:
+    scores = data["scores"]
+    tasks = data["tasks"]
+    keys = [k for k in MODEL_LABELS if k in scores]
+    rows = [
+        [MODEL_LABELS[k], *[scores[k].get(t) for t in tasks], _mean([scores[k].get(t) for t in tasks])]
+        for k in keys
+    ]
+    out = [
+        "## MTEB-style suite",
+        _meta_line(data),
+        "Main score per task (STS: Spearman of cosine; classification: accuracy; clustering: "
+        "V-measure; retrieval: nDCG@10), computed by `mteb.evaluate`.",
+        _table(["model", *tasks, "mean"], rows),
+    ]
+    sub = data.get("subset_scores") or {}
+    if sub:
+        sub_tasks = list(data.get("subset_limits", {}))
+        out.append(
+            f"All models on the subset generate-then-encode ran on (sizes {data.get('subset_limits')}):"
+        )
+        out.append(
+            _table(
+                ["model", *sub_tasks, "mean"],
+                [
+                    [
+                        MODEL_LABELS[k],
+                        *[sub[k].get(t) for t in sub_tasks],
+                        _mean([sub[k].get(t) for t in sub_tasks]),
+                    ]
+                    for k in MODEL_LABELS
+                    if k in sub
+                ],
+            )
+        )
+    png = docs / "benchmarks_mteb.png"
+    _bar_png(
+        png,
+        "MTEB-style suite (main score)",
+        [t.removeprefix("L2VG") for t in tasks],
+        {MODEL_LABELS[k]: [scores[k].get(t) or 0.0 for t in tasks] for k in keys},
+        "score",
+    )
+    out.append(f"![MTEB-style suite]({png.name})")
+    return "\n\n".join(out)
+
+
+def section_speed(data: dict[str, Any], docs: Path) -> str:
+    results = data["results"]
+    rows = []
+    for dtype, row in results.items():
+        for model, m in row.items():
+            rows.append(
+                [
+                    SPEED_LABELS.get(model, model),
+                    dtype,
+                    m["texts_per_s"],
+                    m.get("latency_ms_batch1"),
+                    m.get(f"latency_ms_batch{data['batch_size']}"),
+                    m.get(f"per_query_ms_batch{data['batch_size']}"),
+                    m["peak_rss_mb_after"],
+                ]
+            )
+    bs = data["batch_size"]
+    out = [
+        "## Speed",
+        _meta_line(data),
+        f"{data['texts']['n']} posts (mean {data['texts']['mean_chars']:.0f} characters), "
+        f"{data['threads']} torch threads, CPU native bf16: {data['cpu_native_bf16']}. "
+        "Peak RSS is the process peak after that measurement (it only grows).",
+        _table(
+            [
+                "model",
+                "dtype",
+                "texts/s",
+                "ms, batch 1",
+                f"ms per call, batch {bs}",
+                f"ms per query, batch {bs}",
+                "peak RSS MB",
+            ],
+            rows,
+        ),
+        f"How many times faster L2VG is (throughput at batch {bs}; latency at batch 1):",
+        _table(
+            ["dtype", "vs", "ratio"],
+            [
+                [dtype, name, value]
+                for dtype, ratios in data["ratios"].items()
+                for name, value in ratios.items()
+            ],
+        ),
+    ]
+    fp32 = results.get("float32", {})
+    if fp32:
+        png = docs / "benchmarks_speed.png"
+        keys = list(fp32)
+        _bar_png(
+            png,
+            "Throughput, fp32 (texts/s)",
+            [SPEED_LABELS.get(k, k) for k in keys],
+            {"texts/s": [fp32[k]["texts_per_s"] for k in keys]},
+            "texts/s",
+        )
+        out.append(f"![Speed]({png.name})")
+    return "\n\n".join(out)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def headline(all_results: dict[str, dict[str, Any]]) -> str | None:
+    """L2VG against generate-then-encode: how much cheaper, and how much quality it keeps."""
+    lines = []
+    speed = all_results.get("speed", {}).get("ratios", {}).get("float32", {})
+    if "throughput_vs_generate-then-encode" in speed:
+        lines.append(
+            f"- **Cost**: L2VG embeds {speed['throughput_vs_generate-then-encode']:.1f}× more queries per "
+            "second than generate-then-encode (fp32, same backbone"
+            + (
+                f"; {speed['latency1_vs_generate-then-encode']:.1f}× lower single-query latency"
+                if "latency1_vs_generate-then-encode" in speed
+                else ""
+            )
+            + ")."
+        )
+    bright = all_results.get("bright", {})
+    sub = bright.get("subset_mean") or bright.get("mean") or {}
+    gte = sub.get("generate-then-encode", {}).get("ndcg@10")
+    for key in ("l2vg-gen-docs", "l2vg-teacher-docs"):
+        mine = sub.get(key, {}).get("ndcg@10")
+        if gte and mine is not None:
+            lines.append(
+                f"- **BRIGHT-style quality** ({MODEL_LABELS[key]}): nDCG@10 {mine:.3f} vs {gte:.3f} for "
+                f"generate-then-encode on the same queries = {100 * mine / gte:.0f}% of its quality."
+            )
+    suite = all_results.get("mteb", {}).get("subset_scores") or {}
+    if "generate-then-encode" in suite:
+        g = _mean(list(suite["generate-then-encode"].values()))
+        for key in ("l2vg-gen-docs",):
+            if key in suite and g:
+                m = _mean(list(suite[key].values()))
+                lines.append(
+                    f"- **MTEB-style suite** (subset mean): L2VG {m:.3f} vs generate-then-encode "
+                    f"{g:.3f} = {100 * m / g:.0f}%."
+                )
+    return "\n".join(lines) if lines else None
+
+
+SECTIONS: dict[str, Callable[[dict[str, Any], Path], str]] = {
+    "bright": section_bright,
+    "mteb": section_mteb,
+    "speed": section_speed,
+    # "harmful": section_harmful,  <- the harmful-content benchmark registers here
+}
+
+
+def write_report(
+    results_dir: str | Path = DEFAULT_RESULTS_DIR, docs_dir: str | Path = DEFAULT_DOCS_DIR
+) -> Path:
+    results = read_results(results_dir)
+    if not results:
+        raise FileNotFoundError(f"no results JSON in {results_dir}; run `l2vg bench all` first")
+    docs = Path(docs_dir)
+    docs.mkdir(parents=True, exist_ok=True)
+    parts = [
+        "# Benchmarks",
+        "Generated by `l2vg bench report` from the JSON files in "
+        f"`{results_dir}`; do not edit by hand. How to run each benchmark: `benchmarks/README.md`.",
+    ]
+    head = headline(results)
+    if head:
+        parts += ["## Headline", head]
+    for name, data in results.items():
+        render = SECTIONS.get(name)
+        if render is None:
+            parts.append(f"## {name}\n\nResults in `{results_dir}/{name}.json` (no renderer yet).")
+        else:
+            parts.append(render(data, docs))
+    out = docs / "benchmarks.md"
+    out.write_text("\n\n".join(parts) + "\n")
+    return out

@@ -1,0 +1,91 @@
+"""Results files: one JSON per benchmark, with the machine, versions and command that made it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RESULTS_DIR = Path("benchmarks") / "results"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="ignore").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    # Cores this process may use (a container or taskset can restrict them below the total).
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu_model(),
+        "cores_total": os.cpu_count(),
+        "cores_usable": usable,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {
+            p: _version(p) for p in ("l2vg-retrieval", "torch", "transformers", "mteb", "rank-bm25", "numpy")
+        },
+    }
+
+
+def invoked_command() -> str:
+    """The command line as the user typed it (``l2vg bench ...`` rather than a script path)."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name in ("l2vg", "l2vg.exe"):
+        argv[0] = "l2vg"
+    elif argv and argv[0].endswith(".py"):
+        argv = ["python", *argv]
+    return shlex.join(argv)
+
+
+def write_results(name: str, payload: dict[str, Any], out_dir: str | Path = DEFAULT_RESULTS_DIR) -> Path:
+    """Write ``<out_dir>/<name>.json`` with ``meta`` (machine, command, timestamp) added."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    document = {
+        "benchmark": name,
+        "meta": {
+            "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "command": invoked_command(),
+            "machine": machine_info(),
+        },
+        **payload,
+    }
+    path = out / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_results(out_dir: str | Path = DEFAULT_RESULTS_DIR) -> dict[str, dict[str, Any]]:
+    """All results JSON in a folder, keyed by benchmark name; unreadable files are an error."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path(out_dir).glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        found[str(data.get("benchmark", path.stem))] = data
+    return found

@@ -1,0 +1,114 @@
+"""`l2vg safety calibrate` and `l2vg safety check`: the safety mode's commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+# Defined here, not imported from cli.py: typer resolves these annotations in this module's
+# globals, and importing cli.py at module level would be circular (cli.py imports this).
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="checkpoint folder (default: the packaged trained encoder)"),
+]
+DtypeOption = Annotated[str, typer.Option(help="auto | float32 | bfloat16")]
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the ``safety`` command group to the root ``l2vg`` app."""
+    from .cli import fail, load_encoder
+
+    safety_app = typer.Typer(help="Safety-filtered retrieval: calibrate the query gate and document screen.")
+    app.add_typer(safety_app, name="safety")
+
+    @safety_app.command("calibrate")
+    def calibrate_cmd(
+        model: ModelOption = None,
+        dtype: DtypeOption = "auto",
+        data: Annotated[
+            Path | None, typer.Option(help="labelled JSONL (text, label, kind); default: the packaged set")
+        ] = None,
+        out: Annotated[
+            Path | None, typer.Option(help="where to write safety.json (default: beside the checkpoint)")
+        ] = None,
+        seed: Annotated[int, typer.Option(help="seeds the train/validation folds")] = 0,
+        max_fpr_query: Annotated[
+            float, typer.Option(min=0.0, max=0.5, help="benign queries blocked, at most")
+        ] = 0.02,
+        max_fpr_doc: Annotated[
+            float, typer.Option(min=0.0, max=0.5, help="benign passages flagged, at most")
+        ] = 0.02,
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+    ) -> None:
+        """Fit the gate and screen on labelled harmful/benign prompts and passages; store them."""
+        from .encoder import DEFAULT_CHECKPOINT
+        from .safety import calibrate
+        from .safety_data import load_calibration_set
+
+        encoder = load_encoder(model, dtype)
+        try:
+            rows = load_calibration_set(data)
+            calibration = calibrate(
+                encoder, rows, seed=seed, max_fpr_query=max_fpr_query, max_fpr_doc=max_fpr_doc,
+                show_progress_bar=True,
+            )  # fmt: skip
+        except (OSError, ValueError) as exc:
+            fail(str(exc))
+        calibration.provenance["data"] = (
+            str(data) if data else "packaged: l2vg_retrieval/data/harmful_offline"
+        )
+        folder = out or (Path(model) if model else DEFAULT_CHECKPOINT)
+        calibration.save(folder)
+        summary = {"saved_to": str(folder), "doc_space": calibration.doc_space, **calibration.metrics}
+        if as_json:
+            print(json.dumps(summary, indent=2))
+            return
+        table = Table(
+            "component", "threshold", "precision", "recall", "benign FPR", "AUC", "val n (harm/benign)"
+        )
+        for label, key in (
+            ("query gate", "query_gate"),
+            (f"document screen ({calibration.doc_space})", "document_screen"),
+        ):
+            m = calibration.metrics[key]
+            table.add_row(
+                label, f"{m['threshold']:.4f}", f"{m['precision']:.3f}", f"{m['recall']:.3f}",
+                f"{m['fpr']:.3f}", f"{m['auc']:.3f}", f"{m['n_harmful']}/{m['n_benign']}",
+            )  # fmt: skip
+        Console().print(table)
+        Console(stderr=True).print(f"saved {folder}/safety.json and safety.safetensors")
+
+    @safety_app.command("check")
+    def check_cmd(
+        queries: Annotated[list[str], typer.Argument(help="queries to run through the gate")],
+        model: ModelOption = None,
+        dtype: DtypeOption = "auto",
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+    ) -> None:
+        """Show the query gate's decision (blocked or not, score, threshold) for each query."""
+        from .safety import SafetyCalibrationError, SafetyFilter
+
+        encoder = load_encoder(model, dtype)
+        try:
+            gate = SafetyFilter.from_encoder(encoder, model)
+            decisions = [gate.check_query(q) for q in queries]
+        except SafetyCalibrationError as exc:
+            fail(str(exc))
+        except (TypeError, ValueError) as exc:
+            fail(str(exc))
+        if as_json:
+            print(
+                json.dumps(
+                    [{"query": q, **d.to_dict()} for q, d in zip(queries, decisions, strict=True)], indent=2
+                )
+            )
+            return
+        table = Table("query", "blocked", "score", "threshold")
+        for q, d in zip(queries, decisions, strict=True):
+            table.add_row(q, "yes" if d.blocked else "no", f"{d.score:.4f}", f"{d.threshold:.4f}")
+        Console().print(table)

@@ -1,0 +1,560 @@
+"""QdrantIndexer: stream documents through an encoder into a Qdrant collection, and search it.
+
+One code path for embedded qdrant-client (a folder or ``:memory:``) and a real server
+(``url=``): everything goes through ``QdrantClient``'s public API.
+
+The encoder's identity lives in Qdrant's own *collection metadata* (``create_collection(
+metadata=...)``, stored by local mode and by servers >= 1.16). A reserved "meta point" was
+the alternative; it was rejected because every other reader of the collection (LangChain,
+LlamaIndex, a dashboard) would see it as a document in searches and counts.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from .inputs import clean_text
+
+META_KEY = "l2vg"
+META_FORMAT = 1
+TEXT_KEY = "text"
+METADATA_KEY = "metadata"
+DOC_ID_KEY = "doc_id"
+HARM_FLAG_KEY = "l2vg_harm_flagged"
+# Fixed namespace: the same document id maps to the same point id on every machine.
+_ID_NAMESPACE = uuid.UUID("5f0c2a53-6d1e-4c39-9b55-2f6c1e8a7d41")
+_MAX_REASONS = 100
+
+
+class CollectionMismatchError(ValueError):
+    """The collection was built with another encoder, dimension or distance."""
+
+
+class CollectionNotFoundError(LookupError):
+    """Searching a collection that does not exist."""
+
+
+class SafetyScreen(Protocol):
+    """What safe mode needs from a safety component (implemented in ``safety.py``)."""
+
+    def screen_documents(self, texts: list[str]) -> list[dict[str, Any]]: ...
+
+    def check_query(self, query: str, instruction: str | None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class InvalidDocument:
+    """A source item that could not be read; the indexer counts it with its reason."""
+
+    ref: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, Any]
+
+
+class SearchResults(list[Hit]):
+    """Hits, best first. ``blocked`` with a ``reason`` means safe mode refused the query."""
+
+    def __init__(self, hits: Iterable[Hit] = (), *, blocked: bool = False, reason: str | None = None):
+        super().__init__(hits)
+        self.blocked = blocked
+        self.reason = reason
+
+
+@dataclass
+class IndexReport:
+    indexed: int = 0
+    skipped_existing: int = 0
+    skipped_duplicate: int = 0
+    skipped_invalid: int = 0
+    invalid: list[InvalidDocument] = field(default_factory=list)  # first 100 reasons
+    encode_seconds: float = 0.0
+    qdrant_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "indexed": self.indexed,
+            "skipped_existing": self.skipped_existing,
+            "skipped_duplicate": self.skipped_duplicate,
+            "skipped_invalid": self.skipped_invalid,
+            "invalid": [{"ref": d.ref, "reason": d.reason} for d in self.invalid],
+            "encode_seconds": round(self.encode_seconds, 3),
+            "qdrant_seconds": round(self.qdrant_seconds, 3),
+        }
+
+    def _skip(self, ref: str, reason: str) -> None:
+        self.skipped_invalid += 1
+        if len(self.invalid) < _MAX_REASONS:
+            self.invalid.append(InvalidDocument(ref, reason))
+
+
+@dataclass(frozen=True)
+class _Doc:
+    point_id: str
+    doc_id: str | None
+    text: str
+    metadata: dict[str, Any]
+
+
+def point_id(doc_id: str | int | None = None, text: str | None = None) -> str:
+    """The Qdrant point id of a document: uuid5 of its id, or of its text when it has none."""
+    if doc_id is not None:
+        return str(uuid.uuid5(_ID_NAMESPACE, f"id:{doc_id}"))
+    if text is None:
+        raise ValueError("point_id needs a document id or a text")
+    return str(uuid.uuid5(_ID_NAMESPACE, f"text:{text}"))
+
+
+def default_path() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("l2vg_retrieval")) / "qdrant"
+
+
+def _normalise(item: Any, position: int) -> _Doc | InvalidDocument:
+    """Accept a str, a dict (id/text/metadata, other keys join metadata) or a LangChain Document."""
+    ref = f"#{position}"
+    if isinstance(item, InvalidDocument):
+        return item
+    doc_id: Any = None
+    metadata: Any = {}
+    if isinstance(item, str):
+        text: Any = item
+    elif isinstance(item, Mapping):
+        doc_id = item.get("id")
+        text = item.get("text", item.get("page_content"))
+        metadata = dict(item.get("metadata") or {}) if isinstance(item.get("metadata", {}), Mapping) else None
+        if metadata is None:
+            return InvalidDocument(ref, "'metadata' must be a mapping")
+        extra = {k: v for k, v in item.items() if k not in ("id", "text", "page_content", "metadata")}
+        metadata = {**extra, **metadata}
+    elif hasattr(item, "page_content") and hasattr(item, "metadata"):
+        doc_id = getattr(item, "id", None)
+        text, metadata = item.page_content, dict(item.metadata or {})
+    else:
+        return InvalidDocument(ref, f"unsupported document type {type(item).__name__}")
+    if doc_id is not None:
+        if isinstance(doc_id, bool) or not isinstance(doc_id, str | int):
+            return InvalidDocument(ref, f"id must be a string or an integer, got {type(doc_id).__name__}")
+        doc_id = str(doc_id)
+        ref = doc_id
+    if not isinstance(text, str):
+        return InvalidDocument(ref, "text is missing" if text is None else f"text is {type(text).__name__}")
+    if not clean_text(text).strip():
+        return InvalidDocument(ref, "text is empty or whitespace/control characters only")
+    return _Doc(point_id(doc_id, text), doc_id, text, metadata)
+
+
+def build_filter(spec: Mapping[str, Any] | models.Filter | None) -> models.Filter | None:
+    """Metadata filters: ``{"lang": "en", "tag": ["a", "b"], "year": {"gte": 2000}}``.
+
+    Scalars match exactly, lists match any, a dict of gt/gte/lt/lte is a range; all keys
+    must hold. A ready ``models.Filter`` passes through unchanged.
+    """
+    if spec is None or isinstance(spec, models.Filter):
+        return spec
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"filter must be a dict or a qdrant_client.models.Filter, got {type(spec).__name__}")
+    must: list[models.Condition] = []
+    for key, value in spec.items():
+        qkey = f"{METADATA_KEY}.{key}"
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"gt", "gte", "lt", "lte"}
+            if unknown:
+                raise ValueError(f"filter on '{key}': unknown range operators {sorted(unknown)}")
+            must.append(models.FieldCondition(key=qkey, range=models.Range(**value)))
+        elif isinstance(value, list | tuple | set):
+            must.append(models.FieldCondition(key=qkey, match=models.MatchAny(any=list(value))))
+        elif isinstance(value, str | int | bool):
+            must.append(models.FieldCondition(key=qkey, match=models.MatchValue(value=value)))
+        else:
+            raise TypeError(f"filter on '{key}': unsupported value type {type(value).__name__}")
+    return models.Filter(must=must)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class QdrantIndexer:
+    """Index documents with an l2vg encoder into one Qdrant collection and search it."""
+
+    def __init__(
+        self,
+        encoder: Any,
+        collection: str,
+        *,
+        path: str | Path | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        client: QdrantClient | None = None,
+        create: bool = True,
+        recreate: bool = False,
+        batch_size: int = 64,
+        safety: SafetyScreen | None = None,
+        timeout: int | None = None,
+    ) -> None:
+        if not isinstance(collection, str) or not collection.strip():
+            raise ValueError("collection must be a non-empty string")
+        if sum(x is not None for x in (path, url, client)) > 1:
+            raise ValueError("give at most one of path=, url= or client=")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if api_key is not None and url is None:
+            raise ValueError("api_key= only applies to a server given by url=")
+        self.encoder = encoder
+        self.collection = collection
+        self.batch_size = batch_size
+        self.safety = safety
+        self._owns_client = client is None
+        if client is not None:
+            self.client = client
+        elif url is not None:
+            self.client = QdrantClient(url=url, api_key=api_key, timeout=timeout)
+        elif str(path) == ":memory:":
+            self.client = QdrantClient(location=":memory:")
+        else:
+            folder = Path(path) if path is not None else default_path()
+            folder.mkdir(parents=True, exist_ok=True)
+            self.client = QdrantClient(path=str(folder))
+        try:
+            self.meta = self._open_collection(create=create, recreate=recreate)
+        except BaseException:
+            # Local mode locks its folder until close(): a refused open must not keep it locked.
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ collection
+    def _encoder_meta(self) -> dict[str, Any]:
+        config = getattr(self.encoder, "config", None)
+        return {
+            "format": META_FORMAT,
+            # Baselines have no fingerprint; their name identifies their (fixed) vector space.
+            "fingerprint": str(getattr(self.encoder, "fingerprint", None) or self.encoder.name),
+            "dim": int(self.encoder.dim),
+            "model": getattr(config, "backbone", None) or getattr(self.encoder, "name", None),
+            "document_mode": getattr(config, "document_mode", None),
+            "screened": False,
+        }
+
+    def _open_collection(self, *, create: bool, recreate: bool) -> dict[str, Any]:
+        exists = self.client.collection_exists(self.collection)
+        if exists and recreate:
+            self.client.delete_collection(self.collection)
+            exists = False
+        wanted = self._encoder_meta()
+        if not exists:
+            if not create:
+                raise CollectionNotFoundError(
+                    f"collection '{self.collection}' does not exist; index documents into it first"
+                )
+            self.client.create_collection(
+                self.collection,
+                vectors_config=models.VectorParams(size=wanted["dim"], distance=models.Distance.COSINE),
+                metadata={META_KEY: wanted},
+            )
+            return self._read_back_meta()
+        info = self.client.get_collection(self.collection)
+        vectors = info.config.params.vectors
+        if not isinstance(vectors, models.VectorParams):
+            raise CollectionMismatchError(
+                f"collection '{self.collection}' uses named vectors {sorted(vectors or {})}; "
+                "l2vg collections have one unnamed vector"
+            )
+        if vectors.size != wanted["dim"]:
+            raise CollectionMismatchError(
+                f"collection '{self.collection}' holds {vectors.size}-d vectors but the encoder "
+                f"produces {wanted['dim']}-d vectors: use the encoder it was built with or another collection"
+            )
+        if vectors.distance != models.Distance.COSINE:
+            raise CollectionMismatchError(
+                f"collection '{self.collection}' uses {vectors.distance.value} distance, l2vg needs Cosine"
+            )
+        stored = (info.config.metadata or {}).get(META_KEY)
+        if stored is None:
+            if self.client.count(self.collection, exact=True).count:
+                raise CollectionMismatchError(
+                    f"collection '{self.collection}' has points but no l2vg metadata: it was not built by "
+                    "l2vg, so its vectors cannot be trusted to share this encoder's space"
+                )
+            self.client.update_collection(self.collection, metadata={META_KEY: wanted})
+            return self._read_back_meta()
+        if stored.get("fingerprint") != wanted["fingerprint"]:
+            raise CollectionMismatchError(
+                f"collection '{self.collection}' was built with encoder {stored.get('model')} "
+                f"(fingerprint {stored.get('fingerprint')}), but this encoder has fingerprint "
+                f"{wanted['fingerprint']}: its vectors live in another space"
+            )
+        return dict(stored)
+
+    def _read_back_meta(self) -> dict[str, Any]:
+        stored = (self.client.get_collection(self.collection).config.metadata or {}).get(META_KEY)
+        if stored is None:
+            raise RuntimeError(
+                "the Qdrant server did not keep the collection metadata (needs Qdrant >= 1.16); "
+                "upgrade the server so encoder mismatches can be detected"
+            )
+        return dict(stored)
+
+    def _set_meta(self, **changes: Any) -> None:
+        if all(self.meta.get(k) == v for k, v in changes.items()):
+            return
+        self.meta = {**self.meta, **changes}
+        self.client.update_collection(self.collection, metadata={META_KEY: self.meta})
+
+    # ------------------------------------------------------------------ indexing
+    def index(
+        self,
+        documents: Iterable[Any],
+        *,
+        overwrite: bool = False,
+        show_progress: bool | None = None,
+        encode_batch_size: int | None = None,
+    ) -> IndexReport:
+        """Encode and upload documents in chunks of ``batch_size``, in constant memory.
+
+        Ids already in the collection are skipped (so an interrupted run resumes where it
+        stopped) unless ``overwrite`` re-encodes them. Empty or malformed documents are
+        skipped and counted with a reason.
+        """
+        if isinstance(documents, str | bytes) or not isinstance(documents, Iterable):
+            raise TypeError("documents must be an iterable of documents (a single str is not)")
+        from tqdm.auto import tqdm
+
+        total = len(documents) if isinstance(documents, Sized) else None
+        report = IndexReport()
+        # Screened means every point carries a harm score: only true if screening covers them all.
+        if self.safety is not None and self.count() == 0:
+            self._set_meta(screened=True, screened_by=_safety_name(self.safety))
+        elif self.safety is None and self.meta.get("screened"):
+            self._set_meta(screened=False)
+        seen: set[str] = set()  # point ids in this run; bounded by corpus size, not by text size
+        bar = tqdm(total=total, desc=f"index {self.collection}", unit="doc", disable=show_progress is False)
+        try:
+            for raw_chunk in _chunks(enumerate(documents), self.batch_size):
+                self._index_chunk(raw_chunk, report, seen, overwrite, encode_batch_size)
+                bar.update(len(raw_chunk))
+        finally:
+            bar.close()
+        return report
+
+    def _index_chunk(
+        self,
+        raw_chunk: list[tuple[int, Any]],
+        report: IndexReport,
+        seen: set[str],
+        overwrite: bool,
+        encode_batch_size: int | None,
+    ) -> None:
+        docs: list[_Doc] = []
+        for position, item in raw_chunk:
+            doc = _normalise(item, position)
+            if isinstance(doc, InvalidDocument):
+                report._skip(doc.ref, doc.reason)
+            elif doc.point_id in seen:
+                report.skipped_duplicate += 1
+            else:
+                seen.add(doc.point_id)
+                docs.append(doc)
+        if not docs:
+            return
+        if not overwrite:
+            started = time.perf_counter()
+            present = self.client.retrieve(
+                self.collection, [d.point_id for d in docs], with_payload=False, with_vectors=False
+            )
+            report.qdrant_seconds += time.perf_counter() - started
+            existing = {str(p.id) for p in present}
+            report.skipped_existing += sum(d.point_id in existing for d in docs)
+            docs = [d for d in docs if d.point_id not in existing]
+            if not docs:
+                return
+        texts = [d.text for d in docs]
+        started = time.perf_counter()
+        vectors = np.asarray(
+            self.encoder.encode_document(
+                texts, batch_size=encode_batch_size or self.batch_size, show_progress_bar=False
+            ),
+            dtype=np.float32,
+        )
+        extra: list[dict[str, Any]] = [{} for _ in docs]
+        if self.safety is not None:
+            extra = self.safety.screen_documents(texts)
+            if len(extra) != len(docs):
+                raise RuntimeError(
+                    f"safety.screen_documents returned {len(extra)} results for {len(docs)} texts"
+                )
+        report.encode_seconds += time.perf_counter() - started
+        points = [
+            models.PointStruct(
+                id=d.point_id,
+                vector=vector.tolist(),
+                payload={TEXT_KEY: d.text, METADATA_KEY: d.metadata, DOC_ID_KEY: d.doc_id, **screen},
+            )
+            for d, vector, screen in zip(docs, vectors, extra, strict=True)
+        ]
+        started = time.perf_counter()
+        self.client.upsert(self.collection, points, wait=True)
+        report.qdrant_seconds += time.perf_counter() - started
+        report.indexed += len(points)
+
+    # ------------------------------------------------------------------ search
+    def _safe_filter(
+        self, query: str, instruction: str | None, query_filter: models.Filter | None
+    ) -> tuple[models.Filter | None, SearchResults | None]:
+        """Safe mode: refuse the query, or exclude flagged documents from the filter."""
+        if self.safety is None:
+            raise ValueError("safe=True needs a safety component: QdrantIndexer(..., safety=...)")
+        if not self.meta.get("screened"):
+            raise ValueError(
+                f"collection '{self.collection}' was not fully screened at index time; re-index it "
+                "with QdrantIndexer(..., safety=...) into an empty collection to use safe=True"
+            )
+        decision = self.safety.check_query(query, instruction)
+        if decision.blocked:
+            return None, SearchResults([], blocked=True, reason=decision.reason)
+        flagged = models.FieldCondition(key=HARM_FLAG_KEY, match=models.MatchValue(value=True))
+        base = query_filter or models.Filter()
+        return base.model_copy(update={"must_not": [*(base.must_not or []), flagged]}), None
+
+    def _check_query(self, query: Any, k: int) -> None:
+        if not isinstance(query, str):
+            raise TypeError(f"query must be str, got {type(query).__name__}")
+        if not query.strip():
+            raise ValueError("query is empty")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        filter: Mapping[str, Any] | models.Filter | None = None,
+        instruction: str | None = None,
+        *,
+        safe: bool = False,
+        score_threshold: float | None = None,
+    ) -> SearchResults:
+        """The ``k`` documents nearest to the query's generative embedding."""
+        self._check_query(query, k)
+        query_filter = build_filter(filter)
+        if safe:
+            query_filter, refused = self._safe_filter(query, instruction, query_filter)
+            if refused is not None:
+                return refused
+        vector = self.encoder.encode_query(query, instruction=instruction, show_progress_bar=False)
+        response = self.client.query_points(
+            self.collection,
+            query=np.asarray(vector, dtype=np.float32).tolist(),
+            query_filter=query_filter,
+            limit=k,
+            with_payload=True,
+            score_threshold=score_threshold,
+        )
+        return SearchResults(_to_hit(p) for p in response.points)
+
+    def search_batch(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        filter: Mapping[str, Any] | models.Filter | None = None,
+        instruction: str | None = None,
+        *,
+        safe: bool = False,
+    ) -> list[SearchResults]:
+        """Several queries: one encoder batch and one Qdrant round trip."""
+        if isinstance(queries, str):
+            raise TypeError("search_batch takes a list of queries; use search() for one")
+        queries = list(queries)
+        for q in queries:
+            self._check_query(q, k)
+        if not queries:
+            return []
+        base_filter = build_filter(filter)
+        results: list[SearchResults | None] = [None] * len(queries)
+        filters: list[models.Filter | None] = [base_filter] * len(queries)
+        if safe:
+            for i, q in enumerate(queries):
+                filters[i], results[i] = self._safe_filter(q, instruction, base_filter)
+        todo = [i for i, r in enumerate(results) if r is None]
+        if todo:
+            vectors = np.asarray(
+                self.encoder.encode_query(
+                    [queries[i] for i in todo], instruction=instruction, show_progress_bar=False
+                ),
+                dtype=np.float32,
+            )
+            requests = [
+                models.QueryRequest(query=v.tolist(), filter=filters[i], limit=k, with_payload=True)
+                for i, v in zip(todo, vectors, strict=True)
+            ]
+            responses = self.client.query_batch_points(self.collection, requests)
+            for i, response in zip(todo, responses, strict=True):
+                results[i] = SearchResults(_to_hit(p) for p in response.points)
+        return [r for r in results if r is not None]
+
+    # ------------------------------------------------------------------ maintenance
+    def count(self, filter: Mapping[str, Any] | models.Filter | None = None) -> int:
+        return self.client.count(self.collection, count_filter=build_filter(filter), exact=True).count
+
+    def delete(
+        self,
+        ids: Sequence[str | int] | None = None,
+        *,
+        filter: Mapping[str, Any] | models.Filter | None = None,
+    ) -> None:
+        """Delete by document id (as given at index time) or by metadata filter."""
+        if (ids is None) == (filter is None):
+            raise ValueError("delete needs exactly one of ids= or filter=")
+        if ids is not None:
+            if isinstance(ids, str | int):
+                ids = [ids]
+            selector: Any = models.PointIdsList(points=[point_id(i) for i in ids])
+        else:
+            selector = models.FilterSelector(filter=build_filter(filter))
+        self.client.delete(self.collection, points_selector=selector, wait=True)
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()
+
+    def __enter__(self) -> QdrantIndexer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _to_hit(point: models.ScoredPoint) -> Hit:
+    payload = point.payload or {}
+    return Hit(
+        id=str(payload.get(DOC_ID_KEY) or point.id),
+        score=float(point.score),
+        text=str(payload.get(TEXT_KEY, "")),
+        metadata=dict(payload.get(METADATA_KEY) or {}),
+    )
+
+
+def _safety_name(safety: Any) -> str:
+    return str(getattr(safety, "name", None) or type(safety).__name__)

@@ -1,0 +1,124 @@
+"""Publish a finished training run as a checkpoint folder with its training card and loss plot."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..encoder import CONFIG_FILE, WEIGHTS_FILE
+
+
+def plot_losses(log_path: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    steps = [r["step"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(steps, [r["recon"] for r in rows], color="tab:blue", lw=1)
+    ax1.set(title="reconstruction CE", xlabel="step", ylabel="nats/token")
+    ax2.plot(steps, [r["align"] for r in rows], color="tab:orange", lw=1)
+    ax2.set(title="alignment MSE (teacher space)", xlabel="step")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def publish(
+    run_dir: Path,
+    dest: Path,
+    *,
+    sources_json: Path | None,
+    plot_path: Path,
+    command: str,
+) -> Path:
+    """Copy ``run_dir/final`` to ``dest`` and write ``dest/CARD.md`` from the run's records."""
+    final = run_dir / "final"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        shutil.copy2(final / name, dest / name)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = json.loads((run_dir / "train_config.json").read_text())
+    plot_losses(run_dir / "loss_log.jsonl", plot_path)
+    eval_md = (run_dir / "heldout_eval.md").read_text() if (run_dir / "heldout_eval.md").is_file() else ""
+    decoded = []
+    if (run_dir / "heldout_eval.json").is_file():
+        decoded = json.loads((run_dir / "heldout_eval.json").read_text()).get("decoded", [])
+    sources: dict[str, Any] = json.loads(sources_json.read_text()) if sources_json else {}
+    (dest / "CARD.md").write_text(_card(summary, config, eval_md, decoded, sources, plot_path, command))
+    return dest
+
+
+def _card(
+    summary: dict[str, Any],
+    config: dict[str, Any],
+    eval_md: str,
+    decoded: list[dict[str, str]],
+    sources: dict[str, Any],
+    plot_path: Path,
+    command: str,
+) -> str:
+    enc, opt = config["encoder"], config["optim"]
+    lines = [
+        "# Training card: the default l2vg encoder",
+        "",
+        f"Made with: `{command}` (config: `configs/default.yaml`; the run resumes if interrupted).",
+        "",
+        "## What trained",
+        f"- backbone `{enc['backbone']}` (frozen), teacher `{enc['teacher']}`",
+        f"- {enc['n_thought']} thought + {enc['n_compression']} compression tokens, reconstruction "
+        "head Linear(H,H), alignment head Linear(H,384); nothing else trains",
+        f"- steps {summary['steps']}, batch {opt['batch_size']}, lr {opt['lr']} (warm-up "
+        f"{opt['warmup_steps']}, linear decay), loss = {config['recon_weight']}·recon + "
+        f"{config['align_weight']}·align, dtype {summary['dtype']}",
+        f"- training examples {summary['train_examples']} (responses ≤ "
+        f"{config['responses']['max_new_tokens']} new tokens, greedy, chat template), "
+        f"held-out queries {summary['heldout_queries']}",
+        f"- wall time: training {summary['train_seconds']} s; whole command this run "
+        f"{summary['total_seconds']} s; peak RSS {summary['peak_rss_mb']} MB (2 shared CPU cores)",
+        f"- final losses: reconstruction {summary['final_recon']:.3f}, "
+        f"alignment {summary['final_align']:.5f}",
+        "",
+        f"![loss curves](../../../{plot_path.as_posix()})",
+        "",
+        "## Held-out evaluation",
+        "Each held-out query must retrieve the backbone's own response to it among all held-out "
+        "responses (embedded by the teacher; the input-centric baseline uses its own space).",
+        "",
+        eval_md.strip(),
+        "",
+    ]
+    if decoded:
+        lines += [
+            "## Decoding: what the embedding says",
+            "",
+            "| query | real response | decoded from the embedding |",
+            "|---|---|---|",
+        ]
+        for row in decoded:
+            cells = [
+                row[k].replace("|", "\\|").replace("\n", " ")[:160] for k in ("query", "response", "decoded")
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if sources:
+        lines += [
+            "## Query pool (data/queries, built by `l2vg queries data/queries`)",
+            f"{sources.get('total')} queries after dedupe and screening; the first "
+            f"{config['data'].get('max_train_queries')} train queries and the first "
+            f"{config['data'].get('max_heldout_queries')} held-out ones were used for this checkpoint.",
+            "",
+            "| source | count | licence |",
+            "|---|---|---|",
+        ]
+        for name, count in sources.get("counts", {}).items():
+            lines.append(f"| {name} | {count} | {sources.get('licenses', {}).get(name, '')} |")
+        lines.append("")
+    return "\n".join(lines)
