@@ -373,7 +373,14 @@ class L2VGEncoder(torch.nn.Module):
             return self.teacher.encode(texts, **kwargs)
         return self.encode(texts, prompt=kwargs.pop("prompt", self.config.document_prompt), **kwargs)
 
-    def soft_prompts(self, texts: Any, *, prompt: str | None = None, batch_size: int = 32) -> torch.Tensor:
+    def soft_prompts(
+        self,
+        texts: Any,
+        *,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = False,
+    ) -> torch.Tensor:
         """The ``[N, K, H]`` soft prompts for texts: what ``decode`` turns back into text."""
         items, single = as_text_list(texts)
         if not items:
@@ -386,7 +393,7 @@ class L2VGEncoder(torch.nn.Module):
                 [len(i) for i in ids],
                 lambda b: self.soft_prompts_from_ids(b, hint).flatten(1),
                 batch_size=batch_size,
-                show_progress_bar=False,
+                show_progress_bar=show_progress_bar,
                 desc="soft prompts",
             )
         soft = flat.view(len(items), self.config.n_compression, self.hidden_size)

@@ -47,7 +47,7 @@ class SafetyScreen(Protocol):
 
     def screen_documents(self, texts: list[str]) -> list[dict[str, Any]]: ...
 
-    def check_query(self, query: str, instruction: str | None) -> Any: ...
+    def check_query(self, query: str, instruction: str | None, *, embedding: Any = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -421,9 +421,17 @@ class QdrantIndexer:
 
     # ------------------------------------------------------------------ search
     def _safe_filter(
-        self, query: str, instruction: str | None, query_filter: models.Filter | None
+        self,
+        query: str,
+        instruction: str | None,
+        query_filter: models.Filter | None,
+        embedding: np.ndarray,
     ) -> tuple[models.Filter | None, SearchResults | None]:
-        """Safe mode: refuse the query, or exclude flagged documents from the filter."""
+        """Safe mode: refuse the query, or exclude flagged documents from the filter.
+
+        The gate reads the same query embedding the search uses, so safe mode costs no
+        second forward pass.
+        """
         if self.safety is None:
             raise ValueError("safe=True needs a safety component: QdrantIndexer(..., safety=...)")
         if not self.meta.get("screened"):
@@ -431,7 +439,7 @@ class QdrantIndexer:
                 f"collection '{self.collection}' was not fully screened at index time; re-index it "
                 "with QdrantIndexer(..., safety=...) into an empty collection to use safe=True"
             )
-        decision = self.safety.check_query(query, instruction)
+        decision = self.safety.check_query(query, instruction, embedding=embedding)
         if decision.blocked:
             return None, SearchResults([], blocked=True, reason=decision.reason)
         flagged = models.FieldCondition(key=HARM_FLAG_KEY, match=models.MatchValue(value=True))
@@ -459,11 +467,11 @@ class QdrantIndexer:
         """The ``k`` documents nearest to the query's generative embedding."""
         self._check_query(query, k)
         query_filter = build_filter(filter)
+        vector = self.encoder.encode_query(query, instruction=instruction, show_progress_bar=False)
         if safe:
-            query_filter, refused = self._safe_filter(query, instruction, query_filter)
+            query_filter, refused = self._safe_filter(query, instruction, query_filter, vector)
             if refused is not None:
                 return refused
-        vector = self.encoder.encode_query(query, instruction=instruction, show_progress_bar=False)
         response = self.client.query_points(
             self.collection,
             query=np.asarray(vector, dtype=np.float32).tolist(),
@@ -492,22 +500,20 @@ class QdrantIndexer:
         if not queries:
             return []
         base_filter = build_filter(filter)
+        vectors = np.asarray(
+            self.encoder.encode_query(queries, instruction=instruction, show_progress_bar=False),
+            dtype=np.float32,
+        )
         results: list[SearchResults | None] = [None] * len(queries)
         filters: list[models.Filter | None] = [base_filter] * len(queries)
         if safe:
             for i, q in enumerate(queries):
-                filters[i], results[i] = self._safe_filter(q, instruction, base_filter)
+                filters[i], results[i] = self._safe_filter(q, instruction, base_filter, vectors[i])
         todo = [i for i, r in enumerate(results) if r is None]
         if todo:
-            vectors = np.asarray(
-                self.encoder.encode_query(
-                    [queries[i] for i in todo], instruction=instruction, show_progress_bar=False
-                ),
-                dtype=np.float32,
-            )
             requests = [
-                models.QueryRequest(query=v.tolist(), filter=filters[i], limit=k, with_payload=True)
-                for i, v in zip(todo, vectors, strict=True)
+                models.QueryRequest(query=vectors[i].tolist(), filter=filters[i], limit=k, with_payload=True)
+                for i in todo
             ]
             responses = self.client.query_batch_points(self.collection, requests)
             for i, response in zip(todo, responses, strict=True):

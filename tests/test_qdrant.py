@@ -340,7 +340,7 @@ class KeywordSafety:
     def screen_documents(self, texts: list[str]) -> list[dict[str, Any]]:
         return [{"l2vg_harm_score": self._score(t), HARM_FLAG_KEY: self._score(t) > 0.5} for t in texts]
 
-    def check_query(self, query: str, instruction: str | None) -> _Decision:
+    def check_query(self, query: str, instruction: str | None, *, embedding: object = None) -> _Decision:
         score = self._score(query)
         return _Decision(score > 0.5, score, "query asks for harmful content" if score else "")
 

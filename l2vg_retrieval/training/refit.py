@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .trainer import TrainExample
 
@@ -20,15 +19,11 @@ from .trainer import TrainExample
 def mean_soft_prompts(
     encoder: object, queries: Sequence[str], prompt: str | None, *, batch_size: int = 32
 ) -> torch.Tensor:
-    """``[N, H]`` mean over K of the soft prompts, in fp32."""
-    rows = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(queries), batch_size), desc="refit features", leave=False):
-            chunk = list(queries[start : start + batch_size])
-            ids = encoder.tokenize(chunk, prompt)  # type: ignore[attr-defined]
-            soft = encoder.soft_prompts_from_ids(ids, encoder.prefix_hint(prompt))  # type: ignore[attr-defined]
-            rows.append(soft.mean(dim=1).float().cpu())
-    return torch.cat(rows)
+    """``[N, H]`` mean over K of the soft prompts, in fp32 (length-sorted batches)."""
+    soft = encoder.soft_prompts(  # type: ignore[attr-defined]
+        list(queries), prompt=prompt, batch_size=batch_size, show_progress_bar=None
+    )
+    return soft.mean(dim=1).float()
 
 
 def _solve(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
