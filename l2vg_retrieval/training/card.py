@@ -38,6 +38,7 @@ def publish(
     sources_json: Path | None,
     plot_path: Path,
     command: str,
+    notes: Path | None = None,
 ) -> Path:
     """Copy ``run_dir/final`` to ``dest`` and write ``dest/CARD.md`` from the run's records."""
     final = run_dir / "final"
@@ -52,7 +53,10 @@ def publish(
     if (run_dir / "heldout_eval.json").is_file():
         decoded = json.loads((run_dir / "heldout_eval.json").read_text()).get("decoded", [])
     sources: dict[str, Any] = json.loads(sources_json.read_text()) if sources_json else {}
-    (dest / "CARD.md").write_text(_card(summary, config, eval_md, decoded, sources, plot_path, command))
+    card = _card(summary, config, eval_md, decoded, sources, plot_path, command)
+    if notes is not None:
+        card += "\n" + notes.read_text().strip() + "\n"
+    (dest / "CARD.md").write_text(card)
     return dest
 
 
@@ -69,7 +73,8 @@ def _card(
     lines = [
         "# Training card: the default l2vg encoder",
         "",
-        f"Made with: `{command}` (config: `configs/default.yaml`; the run resumes if interrupted).",
+        f"Published with: `{command}`; trained by `l2vg train configs/default.yaml` (it resumes "
+        "from the last checkpoint if interrupted).",
         "",
         "## What trained",
         f"- backbone `{enc['backbone']}` (frozen), teacher `{enc['teacher']}`",

@@ -72,13 +72,13 @@ def publish_run(
     plot: Annotated[Path, typer.Option(help="where the loss-curve PNG goes")] = Path(
         "docs/training_loss.png"
     ),
+    notes: Annotated[Path | None, typer.Option(help="markdown appended to the card")] = None,
 ) -> None:
     """Copy a run's final checkpoint to DEST with a training card and a loss-curve plot."""
     import sys
 
     from .card import publish
 
-    folder = publish(
-        run_dir, dest, sources_json=sources_json, plot_path=plot, command=" ".join(["l2vg", *sys.argv[1:]])
-    )
+    command = " ".join(["l2vg", *sys.argv[1:]])
+    folder = publish(run_dir, dest, sources_json=sources_json, plot_path=plot, command=command, notes=notes)
     print(folder / "CARD.md")
