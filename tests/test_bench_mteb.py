@@ -80,7 +80,7 @@ def test_suite_end_to_end_on_tiny_encoder(tiny_encoder: L2VGEncoder) -> None:
         LOCAL_TASKS,
         limits={
             "L2VGLeeSTS": 4,
-            "L2VGPolarityClassification": 16,
+            "L2VGPolarityClassification": 48,
             "L2VGReasoningDomainClustering": 8,
             "L2VGReasoningRetrieval": 4,
         },
@@ -92,3 +92,28 @@ def test_suite_end_to_end_on_tiny_encoder(tiny_encoder: L2VGEncoder) -> None:
     assert set(out["subset_scores"]["generate-then-encode"]) == {"L2VGLeeSTS", "L2VGReasoningRetrieval"}
     for row in out["scores"].values():
         assert all(np.isfinite(v) for v in row.values())
+
+
+def test_full_tasks_are_not_capped_by_the_subset_sizes(tiny_encoder: L2VGEncoder, monkeypatch) -> None:
+    """The full run uses ``limits`` (None = whole tasks); only the subset uses its caps."""
+    from l2vg_retrieval.bench import mteb_suite
+
+    seen: list[tuple[tuple[str, ...], dict | None]] = []
+    real = mteb_suite.resolve_tasks
+
+    def recording(names, limits=None):
+        seen.append((tuple(names), dict(limits) if limits else None))
+        return real(names, limits)
+
+    monkeypatch.setattr(mteb_suite, "resolve_tasks", recording)
+    retrievers = build_retrievers(tiny_encoder, ["teacher"], gte_max_new_tokens=2)
+    out = run_suite(
+        retrievers,
+        ["L2VGReasoningRetrieval"],
+        limits={"L2VGReasoningRetrieval": 6},
+        subset_limits={"L2VGReasoningRetrieval": 2},
+    )
+    assert seen[0] == (("L2VGReasoningRetrieval",), {"L2VGReasoningRetrieval": 6})
+    assert seen[1] == (("L2VGReasoningRetrieval",), {"L2VGReasoningRetrieval": 2})
+    assert out["limits"] == {"L2VGReasoningRetrieval": 6}
+    assert out["subset_limits"] == {"L2VGReasoningRetrieval": 2}

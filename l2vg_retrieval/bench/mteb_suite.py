@@ -176,8 +176,14 @@ def build_task(name: str, limit: int | None = None) -> Any:
 
             def load_data(self, **kwargs: Any) -> None:
                 rows = _balanced_head(polarity_sentences(), lambda r: r[1], limit)
-                # Alternate rows into train and test: both halves stay balanced.
-                train, test = rows[0::2], rows[1::2]
+                # Alternate each label's rows into train and test, so both halves hold
+                # both classes whatever order the rows come in (a balanced head interleaves
+                # labels, and plain alternation would then put one label in each half).
+                train, test = [], []
+                for label in sorted({y for _, y in rows}):
+                    of_label = [r for r in rows if r[1] == label]
+                    train += of_label[0::2]
+                    test += of_label[1::2]
                 self.dataset = DatasetDict(
                     {
                         "train": Dataset.from_dict(
@@ -312,6 +318,11 @@ def evaluate_model(retriever: Any, tasks: Sequence[Any], *, batch_size: int = 16
     return {tr.task_name: float(tr.get_score()) for tr in result.task_results}
 
 
+def _min_cap(a: int | None, b: int | None) -> int | None:
+    caps = [c for c in (a, b) if c is not None]
+    return min(caps) if caps else None
+
+
 def run_suite(
     retrievers: dict[str, Any],
     task_names: Sequence[str] = LOCAL_TASKS,
@@ -325,8 +336,10 @@ def run_suite(
 
     ``limits`` caps the "full" tasks too (a quick look, or a smoke test); None = whole.
     """
-    limits = DEFAULT_SUBSET_LIMITS if subset_limits is None else subset_limits
-    subset_names = [n for n in task_names if n in limits]
+    caps = DEFAULT_SUBSET_LIMITS if subset_limits is None else subset_limits
+    subset_names = [n for n in task_names if n in caps]
+    # The subset is capped by its own sizes and, if given, by the overall limits too.
+    subset_caps = {n: _min_cap(caps[n], (limits or {}).get(n)) for n in subset_names}
     full: dict[str, dict[str, float]] = {}
     subset: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
@@ -339,13 +352,13 @@ def run_suite(
         if subset_names:
             if on_step:
                 on_step(key, "subset")
-            subset[key] = evaluate_model(retriever, resolve_tasks(subset_names, limits))
+            subset[key] = evaluate_model(retriever, resolve_tasks(subset_names, subset_caps))
         seconds[key] = round(time.perf_counter() - start, 3)
     return {
         "tasks": list(task_names),
         "limits": dict(limits or {}),
         "scores": full,
-        "subset_limits": {n: limits[n] for n in subset_names},
+        "subset_limits": subset_caps,
         "subset_scores": subset,
         "seconds": seconds,
     }

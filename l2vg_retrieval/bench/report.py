@@ -195,7 +195,8 @@ def section_speed(data: dict[str, Any], docs: Path) -> str:
         _meta_line(data),
         f"{data['texts']['n']} posts (mean {data['texts']['mean_chars']:.0f} characters), "
         f"{data['threads']} torch threads, CPU native bf16: {data['cpu_native_bf16']}. "
-        "Peak RSS is the process peak after that measurement (it only grows).",
+        "Peak RSS is the process peak after that measurement (it only grows)."
+        + _agreement_text(data.get("dtype_agreement")),
         _table(
             [
                 "model",
@@ -309,3 +310,12 @@ def write_report(
     out = docs / "benchmarks.md"
     out.write_text("\n\n".join(parts) + "\n")
     return out
+
+
+def _agreement_text(agreement: dict[str, float] | None) -> str:
+    if not agreement:
+        return ""
+    return (
+        f" fp32 vs bf16 L2VG embeddings of the same posts: cosine mean "
+        f"{agreement['cosine_fp32_bf16_mean']:.5f}, min {agreement['cosine_fp32_bf16_min']:.5f}."
+    )

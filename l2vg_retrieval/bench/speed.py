@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from .bright import OFFLINE_DIR, load_local
@@ -107,9 +108,12 @@ def run_speed(
     pool = pool[:n_texts]
     order = sorted(dtypes, key=lambda d: d != "float32")
     results: dict[str, dict[str, Any]] = {}
+    # The same texts embedded in each dtype: how much bf16 moves the vectors.
+    vectors: dict[str, np.ndarray] = {}
     for dtype_name in order:
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
         enc = l2vg if l2vg.dtype_ == dtype else retyped(l2vg, dtype)
+        vectors[dtype_name] = np.asarray(enc.encode_query(pool, batch_size=batch_size))
         others = encoders_from(
             enc,
             [{"l2vg": "l2vg-gen-docs"}.get(m, m) for m in models if m != "l2vg"],
@@ -141,7 +145,16 @@ def run_speed(
         "cpu_native_bf16": cpu_supports_bf16(),
         "results": results,
         "ratios": speed_ratios(results),
+        "dtype_agreement": _dtype_agreement(vectors),
     }
+
+
+def _dtype_agreement(vectors: dict[str, np.ndarray]) -> dict[str, float] | None:
+    """Cosine between the fp32 and bf16 L2VG embeddings of the same texts."""
+    if "float32" not in vectors or "bfloat16" not in vectors:
+        return None
+    cos = np.sum(vectors["float32"] * vectors["bfloat16"], axis=1)
+    return {"cosine_fp32_bf16_mean": float(cos.mean()), "cosine_fp32_bf16_min": float(cos.min())}
 
 
 def speed_ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
