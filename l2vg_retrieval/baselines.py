@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .backbones import DEFAULT_BACKBONE, LoadedBackbone, load_backbone
-from .batching import empty_output, format_output, pad_left, positions_from_mask, run_batched
+from .batching import encode_texts, pad_left, positions_from_mask
 from .config import DEFAULT_DOCUMENT_PROMPT, DEFAULT_QUERY_INSTRUCTION
 from .generation import generate_responses, trim_repetition
 from .inputs import PromptTemplate, as_text_list, build_input_ids
@@ -70,27 +70,18 @@ class InputCentricEncoder:
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
     ) -> Any:
-        items, single = as_text_list(texts)
-        if not items:
-            return empty_output(
-                self.dim, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor
-            )
-        ids = build_input_ids(
-            self.tokenizer, self.template, items, prompt=prompt, max_text_tokens=self.max_text_tokens
-        )
-        with self._lock, torch.inference_mode():
-            out = run_batched(
-                ids,
-                [len(i) for i in ids],
-                self._embed_batch,
-                batch_size=batch_size,
-                show_progress_bar=show_progress_bar,
-                desc="input-centric",
-            )
-        return format_output(
-            out,
-            single=single,
+        return encode_texts(
+            texts,
+            dim=self.dim,
+            prepare=lambda items: build_input_ids(
+                self.tokenizer, self.template, items, prompt=prompt, max_text_tokens=self.max_text_tokens
+            ),
+            embed=self._embed_batch,
+            lock=self._lock,
+            desc="input-centric",
+            batch_size=batch_size,
             normalize_embeddings=normalize_embeddings,
+            show_progress_bar=show_progress_bar,
             convert_to_numpy=convert_to_numpy,
             convert_to_tensor=convert_to_tensor,
         )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from .inputs import as_text_list
 
 # Past this many batches a progress bar is worth its line of output.
 _AUTO_PROGRESS_MIN_BATCHES = 8
@@ -89,3 +92,44 @@ def pad_left(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 on each row's first real token (left padding)."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def encode_texts(
+    texts: Any,
+    *,
+    dim: int,
+    prepare: Callable[[list[str]], Sequence[Any]],
+    embed: Callable[[list[Any]], torch.Tensor],
+    lock: threading.RLock,
+    desc: str,
+    batch_size: int,
+    normalize_embeddings: bool,
+    show_progress_bar: bool | None,
+    convert_to_numpy: bool,
+    convert_to_tensor: bool,
+) -> Any:
+    """The body every encoder's ``encode`` shares: validate, prepare, batch, format.
+
+    ``prepare`` turns the validated texts into model inputs (token ids or strings), whose
+    ``len`` orders the batches; ``embed`` maps one batch of them to ``[B, dim]``.
+    """
+    items, single = as_text_list(texts)
+    if not items:
+        return empty_output(dim, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor)
+    prepared = prepare(items)
+    with lock, torch.inference_mode():
+        out = run_batched(
+            prepared,
+            [len(p) for p in prepared],
+            embed,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            desc=desc,
+        )
+    return format_output(
+        out,
+        single=single,
+        normalize_embeddings=normalize_embeddings,
+        convert_to_numpy=convert_to_numpy,
+        convert_to_tensor=convert_to_tensor,
+    )

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .backbones import LoadedBackbone, LoadedTeacher, load_backbone, weights_fingerprint
-from .batching import empty_output, format_output, pad_left, positions_from_mask, run_batched
+from .batching import encode_texts, pad_left, positions_from_mask, run_batched
 from .config import EncoderConfig
 from .inputs import PromptTemplate, as_text_list, build_input_ids, prompt_prefix_ids
 from .runtime import resolve_device, resolve_dtype
@@ -334,30 +334,17 @@ class L2VGEncoder(torch.nn.Module):
         convert_to_tensor: bool = False,
     ) -> Any:
         """Embed texts with an optional instruction ``prompt`` placed before each text."""
-        items, single = as_text_list(texts)
-        if not items:
-            return empty_output(
-                self.dim, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor
-            )
-        ids = self.tokenize(items, prompt)
         hint = self.prefix_hint(prompt)
-
-        def embed(batch: list[list[int]]) -> torch.Tensor:
-            return self.embed_soft_prompts(self.soft_prompts_from_ids(batch, hint))
-
-        with self._lock, torch.inference_mode():
-            out = run_batched(
-                ids,
-                [len(i) for i in ids],
-                embed,
-                batch_size=batch_size,
-                show_progress_bar=show_progress_bar,
-                desc="l2vg encode",
-            )
-        return format_output(
-            out,
-            single=single,
+        return encode_texts(
+            texts,
+            dim=self.dim,
+            prepare=lambda items: self.tokenize(items, prompt),
+            embed=lambda batch: self.embed_soft_prompts(self.soft_prompts_from_ids(batch, hint)),
+            lock=self._lock,
+            desc="l2vg encode",
+            batch_size=batch_size,
             normalize_embeddings=normalize_embeddings,
+            show_progress_bar=show_progress_bar,
             convert_to_numpy=convert_to_numpy,
             convert_to_tensor=convert_to_tensor,
         )

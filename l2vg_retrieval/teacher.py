@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from .backbones import DEFAULT_TEACHER, LoadedTeacher, load_teacher
-from .batching import empty_output, format_output, run_batched
-from .inputs import as_text_list, clean_text
+from .batching import encode_texts
+from .inputs import clean_text
 from .runtime import resolve_device
 
 # all-MiniLM-L6-v2 was trained on 128-token inputs and its position table stops at 512.
@@ -50,25 +50,16 @@ class TeacherEncoder:
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
     ) -> Any:
-        items, single = as_text_list(texts)
-        if not items:
-            return empty_output(
-                self.dim, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor
-            )
-        prepared = [clean_text(f"{prompt} {t}" if prompt else t) for t in items]
-        with self._lock:
-            out = run_batched(
-                prepared,
-                [len(t) for t in prepared],
-                self._embed_batch,
-                batch_size=batch_size,
-                show_progress_bar=show_progress_bar,
-                desc="teacher",
-            )
-        return format_output(
-            out,
-            single=single,
+        return encode_texts(
+            texts,
+            dim=self.dim,
+            prepare=lambda items: [clean_text(f"{prompt} {t}" if prompt else t) for t in items],
+            embed=self._embed_batch,
+            lock=self._lock,
+            desc="teacher",
+            batch_size=batch_size,
             normalize_embeddings=normalize_embeddings,
+            show_progress_bar=show_progress_bar,
             convert_to_numpy=convert_to_numpy,
             convert_to_tensor=convert_to_tensor,
         )
