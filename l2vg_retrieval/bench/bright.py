@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..jsonl import read_jsonl
 from .metrics import NO_EXCLUSION, evaluate_run
 
 OFFLINE_DIR = Path(__file__).resolve().parents[1] / "data" / "bright_offline"
@@ -99,14 +100,7 @@ class BrightDomain:
 # ---------------------------------------------------------------- loading
 def _read_table(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise BrightFormatError(f"{path}:{n} is not valid JSON: {exc}") from exc
-        return rows
+        return read_jsonl(path, error=BrightFormatError)
     if path.suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, list):

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..jsonl import read_jsonl
 from .metrics import ndcg_at_k, rank
 
 HARMFUL_K_VALUES: tuple[int, ...] = (1, 5, 10, 20)
@@ -65,14 +66,7 @@ class HarmfulBenchData:
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: invalid JSON ({exc})") from exc
-    return rows
+    return read_jsonl(path)
 
 
 def load_advbench_ir(folder: str | Path) -> HarmfulBenchData:
