@@ -276,7 +276,7 @@ def build_offline_sets(
     seed: int = 0,
     calibration_fraction: float = 0.35,
     n_harmful_cal_queries: int = 160,
-    n_benign_cal_queries: int = 160,
+    n_benign_cal_queries: int = 460,
     n_benign_cal_passages: int = 90,
     n_code_passages: int = 20,
     n_harmful_bench_queries: int = 150,
@@ -432,6 +432,13 @@ def _main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--heldout", type=Path, required=True, help="the pool's held-out JSONL")
     parser.add_argument("--out", type=Path, default=HARMFUL_OFFLINE_DIR)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--benign-cal-queries",
+        type=int,
+        default=460,
+        help="benign calibration queries from the pool's held-out split; one permutation is "
+        "drawn whatever the number, so raising it only appends queries and leaves the rest unchanged",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     counts = build_offline_sets(
         advbench=args.advbench,
@@ -442,6 +449,7 @@ def _main(argv: Iterable[str] | None = None) -> None:
         heldout_file=args.heldout,
         out_dir=args.out,
         seed=args.seed,
+        n_benign_cal_queries=args.benign_cal_queries,
     )
     print(json.dumps(counts, indent=2))
 
