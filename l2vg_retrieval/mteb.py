@@ -50,7 +50,8 @@ def l2vg_model_meta(
         embed_dim=int(encoder.dim) if encoder is not None else 384,
         license="apache-2.0",
         open_weights=True,
-        public_training_code="https://github.com/McGill-NLP/llm2vec-gen",
+        # Trained by this package (`l2vg train`), not by the paper's reference code.
+        public_training_code=None,
         public_training_data=False,
         framework=["PyTorch"],
         reference="https://arxiv.org/abs/2603.10913",
