@@ -132,8 +132,8 @@ class L2VGEncoder(torch.nn.Module):
         meta = read_checkpoint_meta(folder)
         config = EncoderConfig.model_validate(meta["config"])
         if document_mode is not None:
-            config = config.model_copy(update={"document_mode": document_mode})
-            EncoderConfig.model_validate(config.model_dump())
+            # Re-validated, so a bad mode is a clear pydantic error, not a silent setting.
+            config = EncoderConfig.model_validate({**config.model_dump(), "document_mode": document_mode})
         backbone = backbone or load_backbone(config.backbone)
         encoder = cls(
             config,
