@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+from collections.abc import Awaitable
+from typing import Any
 
 import pytest
 import torch
@@ -108,3 +112,26 @@ def build_tiny_encoder(**config_overrides: object) -> L2VGEncoder:
 @pytest.fixture
 def tiny_encoder() -> L2VGEncoder:
     return build_tiny_encoder()
+
+
+async def loop_ticks_during(work: Awaitable[Any], period: float = 0.005) -> tuple[Any, int, float]:
+    """Await ``work`` while a ticker counts event-loop turns: (result, ticks, seconds).
+
+    Work that blocks the loop thread leaves the ticker no turn at all, so the tick count
+    shows whether an async API really runs off the loop.
+    """
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(period)
+
+    task = asyncio.create_task(ticker())
+    started = time.perf_counter()
+    try:
+        result = await work
+    finally:
+        task.cancel()
+    return result, ticks, time.perf_counter() - started

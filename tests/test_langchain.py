@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import build_tiny_encoder
+from conftest import build_tiny_encoder, loop_ticks_during
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
@@ -90,19 +88,7 @@ def test_bad_input_and_config() -> None:
 async def test_async_does_not_block_the_event_loop() -> None:
     emb = L2VGEmbeddings(encoder=tiny())
     texts = [f"a fairly long document number {i} " * 20 for i in range(64)]
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.005)
-
-    task = asyncio.create_task(ticker())
-    started = time.perf_counter()
-    vectors = await emb.aembed_documents(texts)
-    elapsed = time.perf_counter() - started
-    task.cancel()
+    vectors, ticks, elapsed = await loop_ticks_during(emb.aembed_documents(texts))
     assert len(vectors) == 64
     # If encoding ran on the loop thread the ticker could not run at all meanwhile.
     assert ticks >= max(2, int(elapsed / 0.005 * 0.2))

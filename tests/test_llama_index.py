@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import build_tiny_encoder
+from conftest import build_tiny_encoder, loop_ticks_during
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from l2vg_retrieval.llama_index import L2VGEmbedding
@@ -60,18 +59,8 @@ def test_real_batching(encoder: Any) -> None:
 async def test_async_runs_off_the_loop(encoder: Any) -> None:
     emb = L2VGEmbedding(encoder=encoder)
     texts = [f"a long text {i} " * 30 for i in range(32)]
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.005)
-
-    task = asyncio.create_task(ticker())
-    vectors = await emb.aget_text_embedding_batch(texts)
+    vectors, ticks, _ = await loop_ticks_during(emb.aget_text_embedding_batch(texts))
     query = await emb.aget_query_embedding("a question")
-    task.cancel()
     assert len(vectors) == 32 and len(query) == encoder.dim
     assert ticks >= 2
 
