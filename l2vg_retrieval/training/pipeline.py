@@ -129,8 +129,10 @@ def run_training(
 def _baselines(config: TrainConfig, backbone: LoadedBackbone, trained: L2VGEncoder) -> dict[str, Any]:
     from ..baselines import InputCentricEncoder
 
-    untrained = L2VGEncoder.from_config(config.encoder, backbone=backbone, dtype=trained.dtype_)
-    untrained._teacher_encoder = trained.teacher
+    # Same loaded teacher model as the trained encoder: no second copy in memory.
+    untrained = L2VGEncoder.from_config(
+        config.encoder, backbone=backbone, teacher=trained.teacher.teacher, dtype=trained.dtype_
+    )
     return {
         "l2vg-untrained": untrained,
         "input-centric": InputCentricEncoder(backbone, dtype=trained.dtype_),
