@@ -202,7 +202,9 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     purpose of refusing a checkpoint trained on another backbone.
     """
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    # An encoder's LoRA lives inside the shared backbone; it is not the backbone.
+    named = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
+    for name, tensor in sorted(named.items()):
         flat = tensor.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 4096)][:4096].to(torch.float32).cpu()
         digest.update(name.encode())

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .backbones import DEFAULT_BACKBONE, LoadedBackbone, load_backbone
-from .batching import encode_texts, pad_left, positions_from_mask
+from .batching import encode_texts, length_batches, pad_left, positions_from_mask
 from .config import DEFAULT_DOCUMENT_PROMPT, DEFAULT_QUERY_INSTRUCTION
 from .generation import generate_responses, trim_repetition
 from .inputs import PromptTemplate, as_text_list, build_input_ids
@@ -108,7 +108,7 @@ class GenerateThenEncode:
         dtype: str | torch.dtype | None = "auto",
         max_new_tokens: int = 96,
         max_text_tokens: int = 512,
-        generation_batch_size: int = 16,
+        generation_batch_size: int = 64,
     ) -> None:
         self.backbone = load_backbone(backbone) if isinstance(backbone, str) else backbone
         self.device = resolve_device(device)
@@ -132,10 +132,8 @@ class GenerateThenEncode:
             self.tokenizer, self.template, texts, prompt=prompt, max_text_tokens=self.max_text_tokens
         )
         answers: list[str] = [""] * len(ids)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         with self._lock:
-            for start in range(0, len(order), self.generation_batch_size):
-                idx = order[start : start + self.generation_batch_size]
+            for idx in length_batches([len(i) for i in ids], self.generation_batch_size, window=len(ids)):
                 rows = generate_responses(
                     self.model, self.tokenizer, [ids[i] for i in idx], max_new_tokens=self.max_new_tokens
                 )

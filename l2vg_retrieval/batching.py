@@ -133,3 +133,30 @@ def encode_texts(
         convert_to_numpy=convert_to_numpy,
         convert_to_tensor=convert_to_tensor,
     )
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, *, window: int | None = None) -> list[list[int]]:
+    """Index batches for generation: rows of one exact length together where possible.
+
+    An equal-length batch needs no padding and no attention mask, so attention runs on its
+    causal fast path. Within each ``window`` of consecutive items, full batches of a single
+    length come first, then the leftovers in length order (little padding). Windows keep
+    the input order roughly intact, so a run stopped early holds a fair sample of the
+    input rather than only its shortest items.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    window = window or batch_size * 16
+    batches: list[list[int]] = []
+    for start in range(0, len(lengths), window):
+        groups: dict[int, list[int]] = {}
+        for i in range(start, min(start + window, len(lengths))):
+            groups.setdefault(lengths[i], []).append(i)
+        leftovers: list[int] = []
+        for length in sorted(groups):
+            members = groups[length]
+            whole = len(members) - len(members) % batch_size
+            batches.extend(members[k : k + batch_size] for k in range(0, whole, batch_size))
+            leftovers.extend(members[whole:])
+        batches.extend(leftovers[k : k + batch_size] for k in range(0, len(leftovers), batch_size))
+    return batches

@@ -23,6 +23,23 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class EncoderLoraConfig(StrictModel):
+    """A peft LoRA on the encoding pass only (the reference's ``use_peft_for_encoder``).
+
+    Reconstruction and decoding run with the adapter disabled, so the soft prompts still
+    speak to the unadapted LLM and the backbone's own weights stay bit-identical.
+    """
+
+    r: int = Field(8, ge=1, le=256)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        min_length=1,
+        description="module names (as peft matches them) that get a LoRA",
+    )
+
+
 class EncoderConfig(StrictModel):
     """What defines an encoder's architecture and prompts; stored in every checkpoint."""
 
@@ -42,6 +59,9 @@ class EncoderConfig(StrictModel):
         "generative",
         description="'generative': documents go through the backbone with the document prompt "
         "(the paper); 'teacher': the teacher embeds them directly (same space, far cheaper)",
+    )
+    encoder_lora: EncoderLoraConfig | None = Field(
+        None, description="a LoRA on the encoding pass; None keeps the paper's fully frozen encoder"
     )
     seed: int = Field(0, description="seeds the special-token and head initialisation")
 

@@ -8,6 +8,7 @@ space); their mean is the embedding.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Sequence
@@ -22,7 +23,9 @@ from safetensors.torch import load_file, save_file
 from .backbones import LoadedBackbone, LoadedTeacher, load_backbone, weights_fingerprint
 from .batching import encode_texts, pad_left, positions_from_mask, run_batched
 from .config import EncoderConfig
+from .encoder_lora import EncoderAdapter
 from .inputs import PromptTemplate, as_text_list, build_input_ids, prompt_prefix_ids
+from .kv_cache import CACHE_KWARG
 from .runtime import resolve_device, resolve_dtype
 
 CHECKPOINT_FORMAT = "l2vg-checkpoint"
@@ -59,6 +62,9 @@ class L2VGEncoder(torch.nn.Module):
         # Registered outside the module tree: the backbone is frozen shared state, not a
         # parameter of this encoder, and must never reach an optimizer or a checkpoint.
         self._lm = [backbone.model.to(device=self.device_, dtype=self.dtype_)]
+        # Frozen by construction, whoever loaded the model: only the special tokens, the
+        # heads and (optionally) the encoder's own LoRA ever receive gradients.
+        self.lm.requires_grad_(False)
         self.tokenizer = backbone.tokenizer
         self.template = PromptTemplate.for_tokenizer(
             self.tokenizer, use_chat_template=config.use_chat_template
@@ -91,6 +97,9 @@ class L2VGEncoder(torch.nn.Module):
             self.align_head.bias.zero_()
         self.to(self.device_)
         self._fingerprint: str | None = None
+        self.adapter: EncoderAdapter | None = None
+        if config.encoder_lora is not None:
+            self.adapter = EncoderAdapter(self.lm, config.encoder_lora, seed=config.seed)
         self._prefix_kv: dict[tuple[Any, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._lock = threading.RLock()
 
@@ -179,7 +188,19 @@ class L2VGEncoder(torch.nn.Module):
         return folder
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("_")}
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("_")}
+        if self.adapter is not None:
+            state.update(self.adapter.state())
+        return state
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Everything training may change: special tokens, heads, the encoder LoRA."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return params + (self.adapter.parameters() if self.adapter is not None else [])
+
+    def clear_caches(self) -> None:
+        """Forget cached prefix states: needed whenever the encoding pass's weights change."""
+        self._prefix_kv.clear()
 
     def load_trainable_state(self, tensors: dict[str, torch.Tensor]) -> None:
         expected = {k: tuple(v.shape) for k, v in self.trainable_state().items()}
@@ -191,7 +212,11 @@ class L2VGEncoder(torch.nn.Module):
         for key, shape in expected.items():
             if got[key] != shape:
                 raise CheckpointError(f"tensor '{key}' has shape {got[key]}, expected {shape}")
-        self.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+        own = {k: v.float() for k, v in tensors.items() if not k.startswith("encoder_lora.")}
+        self.load_state_dict(own, strict=True)
+        if self.adapter is not None:
+            self.adapter.load_state(tensors)
+        self.clear_caches()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -257,22 +282,32 @@ class L2VGEncoder(torch.nn.Module):
            text (the special tokens come after it), so this is exact and spares training
            the backward pass through the text.
         """
+        with self._adapter_scope():
+            return self._compression_states(batch, prefix_hint)
+
+    def _adapter_scope(self) -> Any:
+        return self.adapter.active() if self.adapter is not None else contextlib.nullcontext()
+
+    def _compression_states(self, batch: list[list[int]], prefix_hint: Sequence[int]) -> torch.Tensor:
         body = self.lm.get_decoder()
+        # A LoRA in training changes the text's states too, so then the text passes need
+        # gradients (and a fresh prefix each step); a frozen encoder never does.
+        text_grad = self.adapter is not None and torch.is_grad_enabled()
         # What rows share with the known template + instruction head; a bare LCP would, for
         # a single text, cache that whole text as a "prefix" and evict the useful ones.
         shared = _common_prefix_length([*batch, list(prefix_hint or self.template.prefix_ids)])
         rest_ids, rest_mask = pad_left([ids[shared:] for ids in batch], self.tokenizer.pad_token_id)
         rest_ids, rest_mask = rest_ids.to(self.device_), rest_mask.to(self.device_)
         n_batch, n_special = rest_ids.shape[0], self.config.n_special
-        cache = self._expanded_prefix_cache(tuple(batch[0][:shared]), n_batch)
+        cache = self._expanded_prefix_cache(tuple(batch[0][:shared]), n_batch, fresh=text_grad)
         prefix_mask = torch.ones((n_batch, shared), dtype=torch.long, device=self.device_)
         mask = torch.cat([prefix_mask, rest_mask], dim=1)
-        with torch.no_grad():
+        with torch.set_grad_enabled(text_grad):
             body(
                 input_ids=rest_ids,
                 attention_mask=mask,
                 position_ids=positions_from_mask(mask)[:, shared:],
-                past_key_values=cache,
+                **{CACHE_KWARG: cache},
                 use_cache=True,
             )
         special = self.special_tokens.to(self.dtype_).unsqueeze(0).expand(n_batch, -1, -1)
@@ -283,27 +318,42 @@ class L2VGEncoder(torch.nn.Module):
             inputs_embeds=special,
             attention_mask=full_mask,
             position_ids=positions,
-            past_key_values=cache,
+            **{CACHE_KWARG: cache},
             use_cache=True,
         )
         return out.last_hidden_state[:, -self.config.n_compression :].float()
 
-    def _expanded_prefix_cache(self, prefix: tuple[int, ...], n_batch: int) -> Any:
-        """A fresh KV cache holding ``prefix`` for every row (computed once per prefix)."""
+    def _expanded_prefix_cache(self, prefix: tuple[int, ...], n_batch: int, *, fresh: bool = False) -> Any:
+        """A fresh KV cache holding ``prefix`` for every row (computed once per prefix).
+
+        ``fresh`` computes the prefix now, with autograd, and caches nothing: a LoRA in
+        training changes the prefix's states at every step.
+        """
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.lm.config)
         if not prefix:
             return cache
+        if fresh:
+            self.lm.get_decoder()(
+                input_ids=torch.tensor([prefix], device=self.device_), **{CACHE_KWARG: cache}, use_cache=True
+            )
+            for layer in cache.layers:
+                layer.keys = layer.keys.expand(n_batch, -1, -1, -1)
+                layer.values = layer.values.expand(n_batch, -1, -1, -1)
+            return cache
         # Inference-mode tensors cannot enter autograd, so training gets its own entries.
         key = (prefix, self.dtype_, str(self.device_), torch.is_inference_mode_enabled())
         layers = self._prefix_kv.get(key)
         if layers is None:
+            filled = DynamicCache(config=self.lm.config)
             with torch.no_grad():
-                out = self.lm.get_decoder()(
-                    input_ids=torch.tensor([prefix], device=self.device_), use_cache=True
+                self.lm.get_decoder()(
+                    input_ids=torch.tensor([prefix], device=self.device_),
+                    **{CACHE_KWARG: filled},
+                    use_cache=True,
                 )
-            layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            layers = [(layer.keys, layer.values) for layer in filled.layers]
             if len(self._prefix_kv) >= _PREFIX_CACHE_SIZE:
                 self._prefix_kv.pop(next(iter(self._prefix_kv)))
             self._prefix_kv[key] = layers

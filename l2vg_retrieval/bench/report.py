@@ -126,6 +126,75 @@ def section_bright(data: dict[str, Any], docs: Path) -> str:
     return "\n\n".join(out)
 
 
+def section_qa(data: dict[str, Any], docs: Path) -> str:
+    mean = data["mean"]
+    by_lang = data.get("by_language") or {}
+    keys = [k for k in MODEL_LABELS if k in mean]
+    counts = data.get("counts") or {}
+    rel = counts.get("relevant_per_query") or {}
+    rows = [
+        [
+            MODEL_LABELS[k],
+            *[mean[k][m] for m in ("ndcg@10", "recall@1", "recall@10", "recall@100", "mrr")],
+            by_lang.get("perl", {}).get(k, {}).get("ndcg@10"),
+            by_lang.get("python", {}).get(k, {}).get("ndcg@10"),
+        ]
+        for k in keys
+    ]
+    sampled = data.get("max_queries") or data.get("max_passages")
+    sources = ", ".join(f"{name} {n}" for name, n in (counts.get("queries_by_source") or {}).items())
+    out = [
+        "## QA retrieval (perlfaq, Python FAQ)",
+        _meta_line(data),
+        f"{counts.get('queries')} real FAQ questions ({sources}) against "
+        f"{counts.get('passages')} passages ({counts.get('answer_passages')} chunks of the FAQs' own "
+        f"answers, {counts.get('distractor_passages')} chunks of the Perl and Python manuals); every chunk "
+        f"of a question's answer is relevant (mean {rel.get('mean')}, max {rel.get('max')} per question). "
+        f'Queries get the instruction "{data.get("instruction")}". Top {data.get("top_k")} kept.'
+        + (" **A sampled quick run (--max-queries / --max-passages).**" if sampled else ""),
+        _table(["model", "nDCG@10", "R@1", "R@10", "R@100", "MRR", "nDCG@10 Perl", "nDCG@10 Python"], rows),
+    ]
+    sub = data.get("subset_mean") or {}
+    if sub:
+        out.append(
+            f"Same models on the {data['subset_queries']} queries where generate-then-encode ran "
+            "(a fixed sample):"
+        )
+        out.append(
+            _table(
+                ["model", "nDCG@10", "R@10", "MRR"],
+                [
+                    [MODEL_LABELS[k], sub[k]["ndcg@10"], sub[k]["recall@10"], sub[k]["mrr"]]
+                    for k in MODEL_LABELS
+                    if k in sub
+                ],
+            )
+        )
+    ratio = data.get("ratio_to_gte")
+    if ratio and ratio.get("ndcg@10") is not None:
+        out.append(
+            f"{MODEL_LABELS[ratio['model']]} (the encoder's default document mode) / generate-then-encode "
+            f"on those {ratio['n_queries']} queries: nDCG@10 ×{ratio['ndcg@10']:.2f}, "
+            f"R@10 ×{_fmt(ratio.get('recall@10'), 2)}, MRR ×{_fmt(ratio.get('mrr'), 2)}."
+        )
+    check = data.get("held_out_check")
+    if check is not None:
+        out.append(
+            f"Held-out check: {check['overlapping_rows']} rows of the training/held-out query pool "
+            "match a QA question after case and punctuation normalisation."
+        )
+    png = docs / "benchmarks_qa.png"
+    _bar_png(
+        png,
+        "QA retrieval (FAQ questions vs Perl/Python manuals)",
+        [MODEL_LABELS[k] for k in keys],
+        {m: [mean[k][key] for k in keys] for m, key in (("nDCG@10", "ndcg@10"), ("Recall@10", "recall@10"))},
+        "score",
+    )
+    out.append(f"![QA retrieval]({png.name})")
+    return "\n\n".join(out)
+
+
 def section_mteb(data: dict[str, Any], docs: Path) -> str:
     scores = data["scores"]
     tasks = data["tasks"]
@@ -264,6 +333,16 @@ def headline(all_results: dict[str, dict[str, Any]]) -> str | None:
                 f"- **BRIGHT-style quality** ({MODEL_LABELS[key]}): nDCG@10 {mine:.3f} vs {gte:.3f} for "
                 f"generate-then-encode on the same queries = {100 * mine / gte:.0f}% of its quality."
             )
+    qa = all_results.get("qa", {})
+    ratio = qa.get("ratio_to_gte") or {}
+    sub = qa.get("subset_mean") or {}
+    if ratio.get("ndcg@10") is not None:
+        key = ratio["model"]
+        lines.append(
+            f"- **QA quality** ({MODEL_LABELS[key]}): nDCG@10 {sub[key]['ndcg@10']:.3f} vs "
+            f"{sub['generate-then-encode']['ndcg@10']:.3f} for generate-then-encode on the same "
+            f"{ratio['n_queries']} FAQ questions = {100 * ratio['ndcg@10']:.0f}% of its quality."
+        )
     suite = all_results.get("mteb", {}).get("subset_scores") or {}
     if "generate-then-encode" in suite:
         g = _mean(list(suite["generate-then-encode"].values()))
@@ -279,6 +358,7 @@ def headline(all_results: dict[str, dict[str, Any]]) -> str | None:
 
 SECTIONS: dict[str, Callable[[dict[str, Any], Path], str]] = {
     "bright": section_bright,
+    "qa": section_qa,
     "mteb": section_mteb,
     "speed": section_speed,
     # "harmful": section_harmful,  <- the harmful-content benchmark registers here

@@ -19,16 +19,27 @@ def plot_losses(log_path: Path, out_png: Path) -> None:
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     steps = [r["step"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.plot(steps, [r["recon"] for r in rows], color="tab:blue", lw=1)
+    # Alignment-only steps log no reconstruction loss: they leave a gap in that curve.
+    ax1.plot(
+        steps, [float("nan") if r["recon"] is None else r["recon"] for r in rows], color="tab:blue", lw=1
+    )
     ax1.set(title="reconstruction CE", xlabel="step", ylabel="nats/token")
     ax2.plot(steps, [r["align"] for r in rows], color="tab:orange", lw=1)
-    ax2.set(title="alignment MSE (teacher space)", xlabel="step")
+    ax2.set(title=f"alignment loss ({config_align_loss(log_path)})", xlabel="step")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
+
+
+def config_align_loss(log_path: Path) -> str:
+    """The alignment loss a run used, read from the config saved beside its log."""
+    config_path = log_path.parent / "train_config.json"
+    if config_path.is_file():
+        return str(json.loads(config_path.read_text()).get("align_loss", "mse"))
+    return "mse"
 
 
 def publish(
@@ -88,8 +99,9 @@ def _card(
         f"held-out queries {summary['heldout_queries']}",
         f"- wall time: training {summary['train_seconds']} s; whole command this run "
         f"{summary['total_seconds']} s; peak RSS {summary['peak_rss_mb']} MB (2 shared CPU cores)",
-        f"- final losses: reconstruction {summary['final_recon']:.3f}, "
-        f"alignment {summary['final_align']:.5f}",
+        f"- final losses: reconstruction "
+        f"{'n/a' if summary['final_recon'] is None else format(summary['final_recon'], '.3f')}, "
+        f"alignment ({config.get('align_loss', 'mse')}) {summary['final_align']:.5f}",
         "",
         f"![loss curves](../../../{plot_path.as_posix()})",
         "",

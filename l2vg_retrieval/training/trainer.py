@@ -39,7 +39,7 @@ class TrainExample:
 @dataclass
 class TrainResult:
     steps: int
-    final_recon: float
+    final_recon: float | None  # None when the run ended in an alignment-only step
     final_align: float
     wall_seconds: float
     peak_rss_mb: float
@@ -91,15 +91,27 @@ def reconstruction_loss(
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device))
 
 
+def alignment_loss(embedding: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(embedding, targets, dim=-1)).mean()
+    return F.mse_loss(embedding, targets)
+
+
 def compute_losses(
-    encoder: L2VGEncoder, batch: list[TrainExample], prompts: list[str | None]
-) -> tuple[torch.Tensor, torch.Tensor]:
+    encoder: L2VGEncoder,
+    batch: list[TrainExample],
+    prompts: list[str | None],
+    *,
+    align_kind: str = "mse",
+    with_recon: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(reconstruction CE or None when skipped, alignment loss) for one batch."""
     ids = [encoder.tokenize([ex.query], prompt)[0] for ex, prompt in zip(batch, prompts, strict=True)]
     soft = encoder.soft_prompts_from_ids(ids)
     embedding = encoder.embed_soft_prompts(soft)
     targets = torch.stack([ex.target for ex in batch]).to(embedding.device)
-    align = F.mse_loss(embedding, targets)
-    recon = reconstruction_loss(encoder, soft, [ex.response_ids for ex in batch])
+    align = alignment_loss(embedding, targets, align_kind)
+    recon = reconstruction_loss(encoder, soft, [ex.response_ids for ex in batch]) if with_recon else None
     return recon, align
 
 
@@ -136,7 +148,7 @@ class Trainer:
         self.encoder = encoder
         self.examples = examples
         self.config = config
-        self.params = [p for p in encoder.parameters() if p.requires_grad]
+        self.params = encoder.trainable_parameters()
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.optim.lr, weight_decay=config.optim.weight_decay
         )
@@ -144,23 +156,32 @@ class Trainer:
         self.checkpoint_dir = config.output_dir / "checkpoints"
         self.log_path = config.output_dir / "loss_log.jsonl"
 
-    def train_step(self) -> tuple[float, float]:
+    def train_step(self) -> tuple[float | None, float]:
+        """One optimiser step; returns (reconstruction CE, or None in an alignment-only step,
+        alignment loss)."""
         config = self.config
         idx, flags = batch_for_step(self.step, len(self.examples), config)
         batch = [self.examples[i] for i in idx]
         prompts = [config.encoder.query_instruction if f else None for f in flags]
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, config)
+        with_recon = self.step >= config.align_only_steps and config.recon_weight > 0
         self.encoder.train()
-        recon, align = compute_losses(self.encoder, batch, prompts)
-        loss = config.recon_weight * recon + config.align_weight * align
+        recon, align = compute_losses(
+            self.encoder, batch, prompts, align_kind=config.align_loss, with_recon=with_recon
+        )
+        loss = config.align_weight * align
+        if recon is not None:
+            loss = loss + config.recon_weight * recon
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, config.optim.grad_clip)
         self.optimizer.step()
         self.encoder.eval()
+        # Cached prefix states were computed with the old weights (LoRA).
+        self.encoder.clear_caches()
         self.step += 1
-        return float(recon.detach()), float(align.detach())
+        return (float(recon.detach()) if recon is not None else None), float(align.detach())
 
     # -------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -202,7 +223,7 @@ class Trainer:
         # A resumed run continues the log's clock and, if nothing is left to do, reports
         # the losses the log ended with.
         offset = float(last.get("elapsed", 0.0)) if last else 0.0
-        recon = float(last["recon"]) if last else float("nan")
+        recon: float | None = float(last["recon"]) if last and last.get("recon") is not None else None
         align = float(last["align"]) if last else float("nan")
         with (
             self.log_path.open("a") as log,
@@ -212,11 +233,11 @@ class Trainer:
         ):
             while self.step < config.optim.steps:
                 recon, align = self.train_step()
-                if not (math.isfinite(recon) and math.isfinite(align)):
+                if not math.isfinite(align) or (recon is not None and not math.isfinite(recon)):
                     raise FloatingPointError(f"loss became non-finite at step {self.step}: {recon}, {align}")
                 record = {
                     "step": self.step,
-                    "recon": round(recon, 5),
+                    "recon": round(recon, 5) if recon is not None else None,
                     "align": round(align, 7),
                     "lr": lr_at(self.step - 1, config),
                     "elapsed": round(offset + time.time() - start, 2),
@@ -225,7 +246,7 @@ class Trainer:
                     record["eval"] = evaluate(self.encoder)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-                bar.set_postfix(recon=f"{recon:.3f}", align=f"{align:.5f}")
+                bar.set_postfix(recon="-" if recon is None else f"{recon:.3f}", align=f"{align:.5f}")
                 bar.update(1)
                 if self.step % config.checkpoint_every == 0 or self.step == config.optim.steps:
                     self.save_checkpoint()
