@@ -41,3 +41,30 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
             return torch.bfloat16
         return torch.bfloat16 if cpu_supports_bf16() else torch.float32
     raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
+
+
+@functools.cache
+def _libc_malloc_trim() -> object | None:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None)
+    except OSError:
+        return None
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc only; a no-op elsewhere).
+
+    Training allocates activations of a different shape at every step (batches of varying
+    length); glibc keeps the freed blocks fragmented across its arenas, and the process's
+    resident memory grew from ~3 GB to ~13 GB within 13 steps of the default run (batch
+    32 with a LoRA) and fell back to ~3 GB after one ``malloc_trim``.
+    """
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)  # type: ignore[operator]

@@ -183,7 +183,6 @@ def test_refit_alignment_head_solves_the_alignment_mse() -> None:
 
     encoder = build_tiny_encoder()
     examples = _examples(encoder, 12)
-    prompts = [None, "retrieve:"]
     frozen = {k: v.clone() for k, v in encoder.trainable_state().items() if not k.startswith("align_head")}
 
     def align_mse() -> float:
@@ -191,10 +190,86 @@ def test_refit_alignment_head_solves_the_alignment_mse() -> None:
             _, align = compute_losses(encoder, examples, [None] * len(examples))
         return float(align)
 
+    # Targets the head can reach: a fixed linear map of the features, unit-normalised.
+    from l2vg_retrieval.training.refit import mean_soft_prompts
+
+    features = mean_soft_prompts(encoder, [ex.query for ex in examples], None)
+    true_map = torch.randn(encoder.dim, features.shape[1], generator=torch.Generator().manual_seed(3))
+    reachable = torch.nn.functional.normalize(features @ true_map.T, dim=-1)
+    examples = [TrainExample(ex.query, ex.response_ids, t) for ex, t in zip(examples, reachable, strict=True)]
+
     before = align_mse()
-    info = refit_alignment_head(encoder, examples, prompts, ridges=(1e-3, 1e-1))
+    info = refit_alignment_head(encoder, examples, [None], ridges=(1e-6, 1e-3))
+    assert info["kept_refit"], info
+    assert info["validation_cosine_ridge_head"] > info["validation_cosine_sgd_head"]
     assert info["align_mse_after_refit"] < info["align_mse_before_refit"]
     assert align_mse() < before
-    assert info["ridge"] in (1e-3, 1e-1) and info["refit_rows"] == 24
+    assert info["ridge"] in (1e-6, 1e-3) and info["refit_rows"] == 12
     for key, value in frozen.items():
         assert torch.equal(value, encoder.trainable_state()[key]), f"refit must only touch the head: {key}"
+
+
+def _config_with(tmp_path: Path, **top: object) -> TrainConfig:
+    base = _config(tmp_path).model_dump()
+    base.update(top)
+    return TrainConfig.model_validate(base)
+
+
+def test_micro_batches_give_the_full_batch_update(tmp_path: Path) -> None:
+    """Alignment-only steps: the per-example mean splits exactly over micro-batches."""
+    results = []
+    for micro in (None, 2):
+        config = _config_with(tmp_path / str(micro), align_only_steps=10, align_loss="cosine")
+        config = config.model_copy(
+            update={"optim": config.optim.model_copy(update={"micro_batch_size": micro})}
+        )
+        config.output_dir.mkdir(parents=True)
+        trainer = Trainer(build_tiny_encoder(), _examples(build_tiny_encoder()), config)
+        recon, align = trainer.train_step()
+        assert recon is None  # an alignment-only step skips the response pass
+        results.append((align, trainer.encoder.trainable_state()))
+    (align_full, state_full), (align_micro, state_micro) = results
+    assert abs(align_full - align_micro) < 1e-6
+    for key, value in state_full.items():
+        assert torch.allclose(value, state_micro[key], atol=1e-6), key
+
+
+def test_alignment_only_phase_then_joint_steps_in_the_log(tmp_path: Path) -> None:
+    config = _config_with(tmp_path, align_only_steps=4, align_loss="cosine")
+    config.output_dir.mkdir(parents=True)
+    Trainer(build_tiny_encoder(), _examples(build_tiny_encoder()), config).run(show_progress_bar=False)
+    log = [json.loads(line) for line in (config.output_dir / "loss_log.jsonl").read_text().splitlines()]
+    assert [r["recon"] is None for r in log] == [True] * 4 + [False] * 2
+    assert all(0.0 <= r["align"] <= 2.0 for r in log)  # 1 - cosine
+
+
+def test_response_cache_is_seeded_from_a_committed_gzip(tmp_path: Path) -> None:
+    import gzip
+
+    from l2vg_retrieval.training.responses import seed_from
+
+    seed = tmp_path / "seed.jsonl.gz"
+    rows = [{"id": f"q{i}", "query": f"question {i}", "response": f"answer {i}"} for i in range(5)]
+    with gzip.open(seed, "wt", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows) + '{"torn": ')
+    cache = tmp_path / "run" / "responses.jsonl"
+    cache.parent.mkdir()
+    cache.write_text(json.dumps({**rows[0], "response": "kept"}) + "\n")
+    assert seed_from(seed, cache, ["q0", "q1", "q3", "missing"]) == 2
+    got = read_cache(cache)
+    assert sorted(got) == ["q0", "q1", "q3"]
+    assert got["q0"]["response"] == "kept"  # a cached row is never overwritten
+    assert seed_from(seed, cache, ["q0", "q1", "q3"]) == 0  # idempotent
+
+
+def test_refit_keeps_the_sgd_head_when_the_solve_is_worse_on_validation() -> None:
+    from l2vg_retrieval.training.refit import refit_alignment_head
+
+    encoder = build_tiny_encoder()
+    examples = _examples(encoder, 12)  # random targets: nothing generalises to validation
+    head = {k: v.clone() for k, v in encoder.trainable_state().items() if k.startswith("align_head")}
+    info = refit_alignment_head(encoder, examples, [None, "retrieve:"], ridges=(1e-3,))
+    state = encoder.trainable_state()
+    changed = any(not torch.equal(v, state[k]) for k, v in head.items())
+    assert changed == info["kept_refit"]
+    assert info["kept_refit"] == (info["validation_cosine_ridge_head"] > info["validation_cosine_sgd_head"])

@@ -526,6 +526,48 @@ from .harmful_cli import register as _register_harmful  # noqa: E402
 _register_harmful(bench_app)
 
 
+@bench_app.command("generation")
+def generation_cmd(
+    queries: Annotated[int, typer.Option(min=8, help="training-pool queries to answer")] = 1024,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=1024)] = 48,
+    batch_size: Annotated[int, typer.Option(min=1, help="batch of the library's generator")] = 128,
+    dtype: DtypeOpt = "auto",
+    out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
+    name: Annotated[str, typer.Option(help="results file name (without .json)")] = "generation",
+) -> None:
+    """Response generation: the library's greedy loop vs ``model.generate``, side by side."""
+    from ..backbones import load_backbone
+    from ..runtime import resolve_dtype
+    from ..teacher import TeacherEncoder
+    from .generation import TRAIN_POOL, run_generation_benchmark, sample_queries
+    from .results import write_results
+
+    backbone = load_backbone("smollm2-135m-instruct")
+    model = backbone.model.to(resolve_dtype(dtype, torch_device_cpu())).eval()
+    result = run_generation_benchmark(
+        model,
+        backbone.tokenizer,
+        TeacherEncoder(),
+        sample_queries(TRAIN_POOL, queries),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        on_step=lambda step: console.print(f"[generation] {step}"),
+    )
+    path = write_results(name, result, out_dir)
+    for key, run in result["runs"].items():
+        console.print(
+            f"  {key:12s} {run['new_tokens_per_s']:7.1f} new tokens/s  x{result['ratio_vs_landed'][key]:.2f}"
+        )
+    console.print(f"  agreement: {result['agreement']}")
+    console.print(f"wrote {path}")
+
+
+def torch_device_cpu() -> Any:
+    import torch
+
+    return torch.device("cpu")
+
+
 def register(app: typer.Typer) -> None:
     """Attach ``l2vg bench ...`` to the root ``l2vg`` app."""
     app.add_typer(bench_app, name="bench")

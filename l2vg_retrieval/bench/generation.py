@@ -13,7 +13,7 @@ Three configurations over the same training queries, in one process, one after a
 Agreement is reported too: in fp32 both loops must produce identical tokens; in bf16 a
 different summation order (the shared prefix runs at batch size 1) flips some greedy
 choices, so the teacher cosine between the two responses to each query says whether the
-answers still mean the same.
+answers still mean the same. Run it with ``l2vg bench generation``.
 """
 
 from __future__ import annotations
@@ -147,40 +147,3 @@ def run_generation_benchmark(
         "ratio_vs_landed": ratios,
         "agreement": agreement,
     }
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-
-    from ..backbones import load_backbone
-    from ..runtime import resolve_dtype
-    from ..teacher import TeacherEncoder
-    from .results import DEFAULT_RESULTS_DIR, write_results
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=512)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_RESULTS_DIR)
-    parser.add_argument("--name", default="generation")
-    args = parser.parse_args(argv)
-    backbone = load_backbone("smollm2-135m-instruct")
-    dtype = resolve_dtype(args.dtype, torch.device("cpu"))
-    model = backbone.model.to(dtype).eval()
-    result = run_generation_benchmark(
-        model,
-        backbone.tokenizer,
-        TeacherEncoder(),
-        sample_queries(TRAIN_POOL, args.queries),
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        on_step=lambda s: print(f"[generation] {s}", flush=True),
-    )
-    path = write_results(args.name, result, args.out_dir)
-    print(json.dumps({k: result[k] for k in ("runs", "ratio_vs_landed", "agreement")}, indent=2))
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()

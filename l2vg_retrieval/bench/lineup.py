@@ -235,6 +235,14 @@ def build_retrievers(
     gen, tea = out.get("l2vg-gen-docs"), out.get("l2vg-teacher-docs")
     if isinstance(gen, DenseRetriever) and isinstance(tea, DenseRetriever):
         tea.query_cache = gen.query_cache
+    # These three embed documents with the same teacher, unprompted: one corpus pass serves all.
+    teacher_docs = [
+        r
+        for k in ("teacher", "generate-then-encode", "l2vg-teacher-docs")
+        if isinstance(r := out.get(k), DenseRetriever)
+    ]
+    for retriever in teacher_docs[1:]:
+        retriever.document_cache = teacher_docs[0].document_cache
     return out
 
 

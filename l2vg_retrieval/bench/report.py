@@ -356,7 +356,82 @@ def headline(all_results: dict[str, dict[str, Any]]) -> str | None:
     return "\n".join(lines) if lines else None
 
 
+GENERATION_LABELS = {
+    "hf-landed": "model.generate, batch 32, window-sorted (the landed generator)",
+    "hf-bucketed": "model.generate, new batching (equal-length buckets)",
+    "fast": "library greedy loop, new batching",
+}
+
+
+def section_generation(data: dict[str, Any], docs: Path) -> str:
+    runs = data["runs"]
+    agreement = data.get("agreement", {})
+    png = docs / "benchmarks_generation.png"
+    keys = list(runs)
+    _bar_png(
+        png,
+        f"Response generation, {data['dtype']} (new tokens/s)",
+        [GENERATION_LABELS.get(k, k).split(",")[0] + f" ({k})" for k in keys],
+        {"new tokens/s": [runs[k]["new_tokens_per_s"] for k in keys]},
+        "new tokens/s",
+    )
+    return "\n\n".join(
+        [
+            "## Response generation",
+            _meta_line(data),
+            f"{data['queries']} training-pool queries answered greedily, at most "
+            f"{data['max_new_tokens']} new tokens, {data['dtype']}; the three runs one after "
+            "another in one process.",
+            _table(
+                ["generator", "seconds", "new tokens", "new tokens/s", "queries/s", "x landed"],
+                [
+                    [
+                        GENERATION_LABELS.get(k, k),
+                        r["seconds"],
+                        r["new_tokens"],
+                        r["new_tokens_per_s"],
+                        r["queries_per_s"],
+                        data["ratio_vs_landed"][k],
+                    ]
+                    for k, r in runs.items()
+                ],
+            ),
+            "Agreement with `model.generate`: "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in agreement.items())
+            + " (fp32 must be identical; in bf16 the shared prefix's different summation order "
+            "flips some greedy choices, the teacher cosine says the answers still agree).",
+            f"![generation throughput]({png.name})",
+        ]
+    )
+
+
+def section_response_length(data: dict[str, Any], docs: Path) -> str:
+    rows = [
+        [f"generate-then-encode, {n} new tokens", m["ndcg@10"], m["recall@10"], data["generation_seconds"][n]]
+        for n, m in data["generate_then_encode"].items()
+    ]
+    rows.append(
+        [
+            "teacher on the query itself",
+            data["teacher_on_query"]["ndcg@10"],
+            data["teacher_on_query"]["recall@10"],
+            None,
+        ]
+    )
+    return "\n\n".join(
+        [
+            "## Response length (QA set)",
+            _meta_line(data),
+            f"{data['queries']} QA queries against all {data['passages']} passages (teacher "
+            "documents): which answer length makes the training target retrieve best.",
+            _table(["query side", "nDCG@10", "Recall@10", "generation s"], rows),
+        ]
+    )
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any], Path], str]] = {
+    "generation": section_generation,
+    "response_length": section_response_length,
     "bright": section_bright,
     "qa": section_qa,
     "mteb": section_mteb,

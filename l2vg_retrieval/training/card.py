@@ -18,15 +18,26 @@ def plot_losses(log_path: Path, out_png: Path) -> None:
 
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     steps = [r["step"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    evals = [(r["step"], r["eval"]) for r in rows if isinstance(r.get("eval"), dict)]
+    fig, axes = plt.subplots(1, 3 if evals else 2, figsize=(15 if evals else 10, 3.6))
+    ax1, ax2 = axes[0], axes[1]
     # Alignment-only steps log no reconstruction loss: they leave a gap in that curve.
-    ax1.plot(
-        steps, [float("nan") if r["recon"] is None else r["recon"] for r in rows], color="tab:blue", lw=1
-    )
+    recon = [float("nan") if r["recon"] is None else r["recon"] for r in rows]
+    ax1.plot(steps, recon, color="tab:blue", lw=1)
     ax1.set(title="reconstruction CE", xlabel="step", ylabel="nats/token")
     ax2.plot(steps, [r["align"] for r in rows], color="tab:orange", lw=1)
     ax2.set(title=f"alignment loss ({config_align_loss(log_path)})", xlabel="step")
-    for ax in (ax1, ax2):
+    if evals:
+        ax3 = axes[2]
+        for key, color in (
+            ("alignment_cosine", "tab:green"),
+            ("recall@1", "tab:purple"),
+            ("ndcg@10", "tab:red"),
+        ):
+            ax3.plot([s for s, _ in evals], [e[key] for _, e in evals], marker="o", color=color, label=key)
+        ax3.set(title="held-out queries (learning curve)", xlabel="step", ylim=(0, 1))
+        ax3.legend(fontsize=8)
+    for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -60,11 +71,14 @@ def publish(
     config = json.loads((run_dir / "train_config.json").read_text())
     plot_losses(run_dir / "loss_log.jsonl", plot_path)
     eval_md = (run_dir / "heldout_eval.md").read_text() if (run_dir / "heldout_eval.md").is_file() else ""
-    decoded = []
+    decoded: list[dict[str, str]] = []
+    decode_cosine = float("nan")
     if (run_dir / "heldout_eval.json").is_file():
-        decoded = json.loads((run_dir / "heldout_eval.json").read_text()).get("decoded", [])
+        heldout = json.loads((run_dir / "heldout_eval.json").read_text())
+        decoded = heldout.get("decoded", [])
+        decode_cosine = float(heldout.get("decode_teacher_cosine", float("nan")))
     sources: dict[str, Any] = json.loads(sources_json.read_text()) if sources_json else {}
-    card = _card(summary, config, eval_md, decoded, sources, plot_path, command)
+    card = _card(summary, config, eval_md, decoded, decode_cosine, sources, plot_path, command)
     if notes is not None:
         card += "\n" + notes.read_text().strip() + "\n"
     (dest / "CARD.md").write_text(card)
@@ -76,6 +90,7 @@ def _card(
     config: dict[str, Any],
     eval_md: str,
     decoded: list[dict[str, str]],
+    decode_cosine: float,
     sources: dict[str, Any],
     plot_path: Path,
     command: str,
@@ -90,10 +105,18 @@ def _card(
         "## What trained",
         f"- backbone `{enc['backbone']}` (frozen), teacher `{enc['teacher']}`",
         f"- {enc['n_thought']} thought + {enc['n_compression']} compression tokens, reconstruction "
-        "head Linear(H,H), alignment head Linear(H,384); nothing else trains",
-        f"- steps {summary['steps']}, batch {opt['batch_size']}, lr {opt['lr']} (warm-up "
-        f"{opt['warmup_steps']}, linear decay), loss = {config['recon_weight']}·recon + "
-        f"{config['align_weight']}·align, dtype {summary['dtype']}",
+        "head Linear(H,H), alignment head Linear(H,384)"
+        + (
+            f", and a LoRA on the encoding pass (r {enc['encoder_lora']['r']}, alpha "
+            f"{enc['encoder_lora']['alpha']}, on {', '.join(enc['encoder_lora']['target_modules'])}; "
+            "reconstruction and decoding run without it)"
+            if enc.get("encoder_lora")
+            else "; nothing else trains"
+        ),
+        f"- steps {summary['steps']} ({config.get('align_only_steps', 0)} alignment-only, then joint), "
+        f"batch {opt['batch_size']}, lr {opt['lr']} (warm-up {opt['warmup_steps']}, linear decay), "
+        f"loss = {config['recon_weight']}·recon + {config['align_weight']}·align "
+        f"({config.get('align_loss', 'mse')}), dtype {summary['dtype']}",
         f"- training examples {summary['train_examples']} (responses ≤ "
         f"{config['responses']['max_new_tokens']} new tokens, greedy, chat template), "
         f"held-out queries {summary['heldout_queries']}",
@@ -116,10 +139,14 @@ def _card(
         lines += [
             "## Decoding: what the embedding says",
             "",
+            f"Mean teacher cosine between the text decoded from the soft prompts and the real "
+            f"response, over {len(decoded)} held-out queries: **{decode_cosine:.3f}** "
+            "(the first rows below).",
+            "",
             "| query | real response | decoded from the embedding |",
             "|---|---|---|",
         ]
-        for row in decoded:
+        for row in decoded[:8]:
             cells = [
                 row[k].replace("|", "\\|").replace("\n", " ")[:160] for k in ("query", "response", "decoded")
             ]
@@ -128,9 +155,14 @@ def _card(
     if sources:
         lines += [
             "## Query pool (data/queries, built by `l2vg queries data/queries`)",
-            f"{sources.get('total')} queries after dedupe and screening; the first "
-            f"{config['data'].get('max_train_queries')} train queries and the first "
-            f"{config['data'].get('max_heldout_queries')} held-out ones were used for this checkpoint.",
+            f"{sources.get('total')} queries after dedupe and screening; "
+            + (
+                f"the first {config['data']['max_train_queries']} train queries"
+                if config["data"].get("max_train_queries")
+                else "every train query"
+            )
+            + f" and the first {config['data'].get('max_heldout_queries')} held-out ones were used "
+            "for this checkpoint.",
             "",
             "| source | count | licence |",
             "|---|---|---|",

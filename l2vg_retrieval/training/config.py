@@ -31,8 +31,14 @@ class ResponseConfig(StrictModel):
         description="the paper uses 500; 64 keeps generation affordable on a CPU and still "
         "holds the topic of the answer, which is what the teacher embeds",
     )
-    batch_size: int = Field(32, ge=1, le=1024)
+    batch_size: int = Field(128, ge=1, le=1024)
     max_query_tokens: int = Field(256, ge=8)
+    seed_cache: Path | None = Field(
+        None,
+        description="a JSONL(.gz) of responses made earlier by this same command (e.g. the one "
+        "committed under data/responses): its rows for this run's queries are copied into the "
+        "run's cache first, so only missing queries are generated",
+    )
 
 
 class OptimConfig(StrictModel):
@@ -41,6 +47,12 @@ class OptimConfig(StrictModel):
     warmup_steps: int = Field(100, ge=0)
     steps: int = Field(600, ge=1)
     batch_size: int = Field(16, ge=1, le=1024)
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="split each batch into micro-batches of this size (gradient accumulation): "
+        "same update, less activation memory",
+    )
     grad_clip: float = Field(1.0, gt=0)
     max_response_tokens: int = Field(
         64, ge=4, description="reconstruction target length (tokens, before the EOS)"
@@ -74,6 +86,12 @@ class TrainConfig(StrictModel):
         le=1,
         description="share of training queries shown with the query instruction: retrieval "
         "prepends it at inference, so the tokens must work with and without it",
+    )
+    refit_max_examples: int | None = Field(
+        4000,
+        ge=100,
+        description="examples (a seeded sample) the closed-form refit encodes; it needs far "
+        "fewer rows than training, and each costs two encodes",
     )
     refit_align_head: bool = Field(
         True,
@@ -127,8 +145,15 @@ def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> Tr
     updates = {"train_queries": _rel(base, data.train_queries)}
     if data.heldout_queries is not None:
         updates["heldout_queries"] = _rel(base, data.heldout_queries)
+    responses = config.responses
+    if responses.seed_cache is not None:
+        responses = responses.model_copy(update={"seed_cache": _rel(base, responses.seed_cache)})
     return config.model_copy(
-        update={"output_dir": _rel(base, config.output_dir), "data": data.model_copy(update=updates)}
+        update={
+            "output_dir": _rel(base, config.output_dir),
+            "data": data.model_copy(update=updates),
+            "responses": responses,
+        }
     )
 
 

@@ -36,7 +36,7 @@ def evaluate_heldout(
     *,
     teacher: Any,
     baselines: dict[str, Any] | None = None,
-    n_decode: int = 5,
+    n_decode: int = 50,
     batch_size: int = 32,
 ) -> dict[str, Any]:
     """Score the trained encoder (and optional baselines) on held-out (query, response) rows."""
@@ -59,12 +59,47 @@ def evaluate_heldout(
     for name, model in (baselines or {}).items():
         score(name, model, same_space=name.startswith(("l2vg", "teacher")))
     if n_decode:
-        decoded = encoder.decode(queries[:n_decode], max_new_tokens=48)
-        report["decoded"] = [
-            {"query": q, "response": r, "decoded": d}
-            for q, r, d in zip(queries[:n_decode], responses[:n_decode], decoded, strict=True)
-        ]
+        report["decoded"], report["decode_teacher_cosine"] = decode_agreement(
+            encoder, queries[:n_decode], responses[:n_decode], teacher=teacher
+        )
     return report
+
+
+def curve_evaluator(rows: list[dict[str, Any]], *, teacher: Any, batch_size: int = 64) -> Any:
+    """A cheap evaluation for learning curves: held-out alignment cosine and response retrieval.
+
+    The teacher's embeddings of the responses are computed once; each call encodes only
+    the held-out queries.
+    """
+    queries = [r["query"] for r in rows]
+    targets = teacher.encode([r["response"].strip() or r["query"] for r in rows], batch_size=batch_size)
+
+    def evaluate(encoder: Any) -> dict[str, float]:
+        q = encoder.encode_query(queries, batch_size=batch_size)
+        scores = retrieval_scores(q, targets)
+        return {
+            "alignment_cosine": round(float(np.mean(np.sum(q * targets, axis=1))), 4),
+            "recall@1": round(scores["recall@1"], 4),
+            "ndcg@10": round(scores["ndcg@10"], 4),
+        }
+
+    return evaluate
+
+
+def decode_agreement(
+    encoder: Any, queries: list[str], responses: list[str], *, teacher: Any, max_new_tokens: int = 48
+) -> tuple[list[dict[str, str]], float]:
+    """Decode the queries' soft prompts; mean teacher cosine between decoded and real responses.
+
+    Says whether the embedding still "means" the answer: 1.0 would be the response itself.
+    """
+    decoded = encoder.decode(queries, max_new_tokens=max_new_tokens)
+    a = teacher.encode([d if d.strip() else "." for d in decoded], batch_size=64)
+    b = teacher.encode(responses, batch_size=64)
+    rows = [
+        {"query": q, "response": r, "decoded": d} for q, r, d in zip(queries, responses, decoded, strict=True)
+    ]
+    return rows, float(np.mean(np.sum(a * b, axis=1)))
 
 
 def format_table(report: dict[str, Any]) -> str:

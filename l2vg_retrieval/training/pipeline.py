@@ -9,14 +9,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..backbones import LoadedBackbone, LoadedTeacher, load_backbone
 from ..encoder import L2VGEncoder
 from ..runtime import resolve_device, resolve_dtype
 from .config import TrainConfig
-from .evaluate import evaluate_heldout, format_table
+from .evaluate import curve_evaluator, evaluate_heldout, format_table
 from .queries import load_queries
 from .refit import refit_alignment_head
-from .responses import generate_response_cache
+from .responses import generate_response_cache, seed_from
 from .targets import build_targets
 from .trainer import Trainer, make_examples
 
@@ -64,6 +66,10 @@ def run_training(
             raise ValueError(f"{len(overlap)} held-out query ids also appear in the training queries")
 
     t0 = time.time()
+    if config.responses.seed_cache is not None:
+        wanted = [str(r["id"]) for r in heldout_rows + train_rows]
+        copied = seed_from(config.responses.seed_cache, config.responses_path, wanted)
+        logger.info("seeded %d responses from %s", copied, config.responses.seed_cache)
     responses = generate_response_cache(
         heldout_rows + train_rows,
         config.responses_path,
@@ -76,14 +82,18 @@ def run_training(
         show_progress_bar=show_progress_bar,
     )
     response_seconds = time.time() - t0
+    t1 = time.time()
     targets = build_targets(responses, encoder.teacher, config.targets_path)
+    target_seconds = time.time() - t1
 
     train_ids = [str(r["id"]) for r in train_rows]
     examples = make_examples(encoder, responses, targets, train_ids, config.optim.max_response_tokens)
     trainer = Trainer(encoder, examples, config)
-    result = trainer.run(show_progress_bar=show_progress_bar)
-
     rows = [responses[str(r["id"])] for r in heldout_rows]
+    # Learning curves: held-out alignment and response retrieval every eval_every steps.
+    curve = curve_evaluator(rows, teacher=encoder.teacher) if rows and config.eval_every else None
+    result = trainer.run(show_progress_bar=show_progress_bar, evaluate=curve)
+
     sgd_head_scores = None
     refit_info: dict[str, Any] | None = None
     if config.refit_align_head:
@@ -91,7 +101,13 @@ def run_training(
             before = evaluate_heldout(encoder, rows, teacher=encoder.teacher, n_decode=0)
             sgd_head_scores = before["models"]["l2vg-trained"]
         prompts = [None, config.encoder.query_instruction]
-        refit_info = refit_alignment_head(encoder, examples, prompts, seed=config.seed)
+        refit_examples = examples
+        if config.refit_max_examples is not None and len(examples) > config.refit_max_examples:
+            pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(config.seed))
+            refit_examples = [examples[i] for i in pick[: config.refit_max_examples].tolist()]
+        t2 = time.time()
+        refit_info = refit_alignment_head(encoder, refit_examples, prompts, seed=config.seed)
+        refit_info["seconds"] = round(time.time() - t2, 1)
 
     final_dir = out / "final"
     summary: dict[str, Any] = {
@@ -102,13 +118,16 @@ def run_training(
         "final_align": result.final_align,
         "train_seconds": round(result.wall_seconds, 1),
         "response_seconds_this_run": round(response_seconds, 1),
+        "target_seconds_this_run": round(target_seconds, 1),
         "dtype": str(dtype).removeprefix("torch."),
         "init_from": str(init_from) if init_from else None,
         "refit": refit_info,
     }
     if rows:
         baselines = _baselines(config, backbone, encoder) if evaluate_baselines else {}
+        t3 = time.time()
         report = evaluate_heldout(encoder, rows, teacher=encoder.teacher, baselines=baselines)
+        summary["eval_seconds"] = round(time.time() - t3, 1)
         if sgd_head_scores is not None:
             # The paper's head (SGD only), before the closed-form refit, for comparison.
             report["models"] = {

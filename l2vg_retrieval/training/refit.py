@@ -10,6 +10,7 @@ the tokens, jitters around it). Same loss, same head, better optimiser.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -40,6 +41,10 @@ def _mse(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return torch.mean((x @ weight.T + bias - y) ** 2).item()
 
 
+def _cosine(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(x @ weight.T + bias, y, dim=-1).mean().item()
+
+
 def refit_alignment_head(
     encoder: object,
     examples: Sequence[TrainExample],
@@ -49,12 +54,13 @@ def refit_alignment_head(
     validation_fraction: float = 0.1,
     seed: int = 0,
     batch_size: int = 32,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Solve the alignment head by ridge regression over every (example, prompt) pair.
 
     The ridge strength is chosen on a seeded validation slice of the *training* examples
     (never the held-out evaluation queries), then the head is solved on all of them.
-    Returns the alignment MSE before and after, and the chosen ridge.
+    The solved head replaces the current one only if it has the higher validation cosine.
+    Returns the alignment MSE before and after, the chosen ridge and whether it was kept.
     """
     features = []
     targets = []
@@ -77,12 +83,23 @@ def refit_alignment_head(
         weight, bias = _solve(x[~is_val], y[~is_val], ridge)
         scores[ridge] = _mse(x[is_val], y[is_val], weight, bias)
     best = min(scores, key=scores.__getitem__)
+    # Retrieval scores directions. A head trained by SGD on the cosine loss can beat the
+    # least-squares head on direction; the ridge head is kept only if its validation
+    # cosine (training queries held back from the solve) is higher.
+    val_weight, val_bias = _solve(x[~is_val], y[~is_val], best)
+    cosine_ridge = _cosine(x[is_val], y[is_val], val_weight, val_bias)
+    cosine_sgd = _cosine(x[is_val], y[is_val], head.weight.double(), head.bias.double())
     weight, bias = _solve(x, y, best)
     after = _mse(x, y, weight, bias)
-    with torch.no_grad():
-        head.weight.copy_(weight.to(head.weight.dtype))
-        head.bias.copy_(bias.to(head.bias.dtype))
+    kept = cosine_ridge > cosine_sgd
+    if kept:
+        with torch.no_grad():
+            head.weight.copy_(weight.to(head.weight.dtype))
+            head.bias.copy_(bias.to(head.bias.dtype))
     return {
+        "kept_refit": kept,
+        "validation_cosine_sgd_head": cosine_sgd,
+        "validation_cosine_ridge_head": cosine_ridge,
         "align_mse_before_refit": before,
         "align_mse_after_refit": after,
         "validation_mse_by_ridge": {str(k): v for k, v in scores.items()},

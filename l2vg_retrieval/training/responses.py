@@ -45,6 +45,29 @@ def read_cache(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def seed_from(seed: Path, cache_path: Path, wanted: Iterable[str]) -> int:
+    """Append to the run's cache the rows of ``seed`` (JSONL, optionally gzipped) whose ids
+    are wanted and not cached yet; returns how many were copied."""
+    import gzip
+
+    opener = gzip.open if seed.suffix == ".gz" else open
+    have = read_cache(cache_path)
+    todo = set(wanted) - set(have)
+    copied = 0
+    _repair_tail(cache_path)
+    with opener(seed, "rt", encoding="utf-8") as src, cache_path.open("a", encoding="utf-8") as out:
+        for line in src:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and str(row.get("id")) in todo and "response" in row:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                todo.discard(str(row["id"]))
+                copied += 1
+    return copied
+
+
 def _repair_tail(path: Path) -> None:
     """Drop a torn final line so the next append starts on a fresh line."""
     if not path.is_file() or path.stat().st_size == 0:
