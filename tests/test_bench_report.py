@@ -112,3 +112,42 @@ def test_cli_bad_input_exits_2(tmp_path: Path) -> None:
     assert res.exit_code == 2
     res = runner.invoke(app, ["bench", "report", "--results-dir", str(tmp_path)])
     assert res.exit_code == 2
+
+
+def test_generation_and_response_length_sections_render(tmp_path: Path) -> None:
+    from l2vg_retrieval.bench.report import write_report
+    from l2vg_retrieval.bench.results import write_results
+
+    run = {"seconds": 1.0, "new_tokens": 100, "new_tokens_per_s": 100.0, "queries_per_s": 2.0, "batches": 1}
+    write_results(
+        "generation",
+        {
+            "queries": 8,
+            "max_new_tokens": 48,
+            "batch_size": 128,
+            "landed_batch_size": 32,
+            "dtype": "bfloat16",
+            "runs": {"hf-landed": run, "fast": {**run, "new_tokens_per_s": 250.0}},
+            "ratio_vs_landed": {"hf-landed": 1.0, "fast": 2.5},
+            "agreement": {"identical_rows_float32": 1.0},
+        },
+        tmp_path / "r",
+    )
+    metrics = {"ndcg@10": 0.5, "recall@10": 0.7}
+    write_results(
+        "response_length",
+        {
+            "queries": 8,
+            "passages": 20,
+            "dtype": "bfloat16",
+            "generate_then_encode": {"48": metrics, "96": metrics},
+            "teacher_on_query": metrics,
+            "generation_seconds": {"48": 1.0, "96": 2.0},
+            "mean_answer_words": {"48": 30.0, "96": 60.0},
+        },
+        tmp_path / "r",
+    )
+    text = write_report(tmp_path / "r", tmp_path / "d").read_text()
+    assert "## Response generation" in text and "| 2.500 |" in text
+    assert "## Response length" in text and "96 new tokens" in text
+    assert (tmp_path / "d" / "benchmarks_generation.png").stat().st_size > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from l2vg_retrieval.encoder import DEFAULT_CHECKPOINT, L2VGEncoder, read_checkpo
 
 pytestmark = pytest.mark.slow
 
-RESPONSES = Path(__file__).resolve().parents[1] / "data" / "responses" / "default.responses.jsonl"
+RESPONSES = Path(__file__).resolve().parents[1] / "data" / "responses" / "pool48.responses.jsonl.gz"
 HELDOUT = Path(__file__).resolve().parents[1] / "data" / "queries" / "queries.heldout.jsonl"
 
 
@@ -24,9 +25,10 @@ def trained() -> L2VGEncoder:
 def _heldout_pairs(n: int) -> list[dict]:
     heldout_ids = [json.loads(line)["id"] for line in HELDOUT.read_text().splitlines()]
     responses = {}
-    for line in RESPONSES.read_text().splitlines():
-        row = json.loads(line)
-        responses[row["id"]] = row
+    with gzip.open(RESPONSES, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            responses[row["id"]] = row
     return [responses[i] for i in heldout_ids if i in responses][:n]
 
 
@@ -34,7 +36,8 @@ def test_default_checkpoint_is_small_and_self_describing() -> None:
     meta = read_checkpoint_meta(DEFAULT_CHECKPOINT)
     assert meta["config"]["backbone"] == "smollm2-135m-instruct"
     size = sum(p.stat().st_size for p in DEFAULT_CHECKPOINT.iterdir())
-    assert size < 5_000_000, f"checkpoint folder is {size} bytes"
+    # Tokens + heads ~2.3 MB, the encoder LoRA (r 8 on every projection, fp32) ~9.8 MB.
+    assert size < 16_000_000, f"checkpoint folder is {size} bytes"
     assert (DEFAULT_CHECKPOINT / "CARD.md").is_file()
 
 
