@@ -49,7 +49,9 @@ def _meta_line(data: dict[str, Any]) -> str:
         f"torch {versions.get('torch')}, transformers {versions.get('transformers')}",
     ]
     if model:
-        parts.append(f"encoder: {model.get('checkpoint')} ({model.get('dtype')})")
+        # The packaged default changes between releases: the fingerprint says which one.
+        fingerprint = f", fingerprint {model['fingerprint'][:12]}" if model.get("fingerprint") else ""
+        parts.append(f"encoder: {model.get('checkpoint')} ({model.get('dtype')}{fingerprint})")
     text = "Produced by " + " · ".join(parts) + "."
     if model.get("untrained"):
         text += "\n\n> **These numbers come from an UNTRAINED encoder (a dry run of the harness).**"
@@ -126,6 +128,11 @@ def section_bright(data: dict[str, Any], docs: Path) -> str:
     return "\n\n".join(out)
 
 
+def _variant_suffix(data: dict[str, Any], base: str) -> str:
+    name = data.get("benchmark", base)
+    return "" if name == base else f": `{name}`"
+
+
 def section_qa(data: dict[str, Any], docs: Path) -> str:
     mean = data["mean"]
     by_lang = data.get("by_language") or {}
@@ -144,7 +151,7 @@ def section_qa(data: dict[str, Any], docs: Path) -> str:
     sampled = data.get("max_queries") or data.get("max_passages")
     sources = ", ".join(f"{name} {n}" for name, n in (counts.get("queries_by_source") or {}).items())
     out = [
-        "## QA retrieval (perlfaq, Python FAQ)",
+        "## QA retrieval (perlfaq, Python FAQ)" + _variant_suffix(data, "qa"),
         _meta_line(data),
         f"{counts.get('queries')} real FAQ questions ({sources}) against "
         f"{counts.get('passages')} passages ({counts.get('answer_passages')} chunks of the FAQs' own "
@@ -183,7 +190,7 @@ def section_qa(data: dict[str, Any], docs: Path) -> str:
             f"Held-out check: {check['overlapping_rows']} rows of the training/held-out query pool "
             "match a QA question after case and punctuation normalisation."
         )
-    png = docs / "benchmarks_qa.png"
+    png = docs / f"benchmarks_{data.get('benchmark', 'qa')}.png"
     _bar_png(
         png,
         "QA retrieval (FAQ questions vs Perl/Python manuals)",
@@ -455,9 +462,15 @@ def write_report(
     ]
     head = headline(results)
     if head:
-        parts += ["## Headline", head]
+        parts += [
+            "## Headline",
+            "Each section names the encoder it measured by its fingerprint: sections measured "
+            "with an earlier default than the packaged one are not yet rerun.",
+            head,
+        ]
     for name, data in results.items():
-        render = SECTIONS.get(name)
+        # Named variants of a benchmark (``qa_1500``: the same harness on a smaller corpus).
+        render = SECTIONS.get(name) or SECTIONS.get(name.split("_")[0])
         if render is None:
             parts.append(f"## {name}\n\nResults in `{results_dir}/{name}.json` (no renderer yet).")
         else:
