@@ -280,7 +280,8 @@ class L2VGEncoder(torch.nn.Module):
         2. the rest of each text, left padded after that prefix, without gradients;
         3. the special tokens, the only pass with autograd. No gradient needs to reach the
            text (the special tokens come after it), so this is exact and spares training
-           the backward pass through the text.
+           the backward pass through the text. With an encoder LoRA the text's states
+           depend on trained weights, so in training all three passes keep autograd.
         """
         with self._adapter_scope():
             return self._compression_states(batch, prefix_hint)
