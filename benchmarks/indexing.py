@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from l2vg_retrieval.bench.results import portable_path
 from l2vg_retrieval.qdrant import QdrantIndexer
 from l2vg_retrieval.sources import sample_queries
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "indexing",
         "command": "python -m benchmarks.indexing " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "backend": "qdrant-client embedded local mode, on disk (exact search)",
-        "checkpoint": checkpoint,
+        "checkpoint": portable_path(checkpoint) if checkpoint else checkpoint,
         "corpus": "gensim lee_background.cor, 1-6 sentence windows, deduplicated",
         "machine": {
             "cpus": torch.get_num_threads(),

@@ -89,6 +89,24 @@ def pad_left(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return input_ids, mask
 
 
+def common_prefix_length(rows: Sequence[Sequence[int]], hint: Sequence[int] | None = None) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own.
+
+    ``hint`` (a known template + instruction head) bounds the prefix too: for a single
+    text, a bare common prefix would be that whole text.
+    """
+    limit = min(len(r) for r in rows) - 1
+    compared = list(rows)
+    if hint is not None:
+        limit = min(limit, len(hint))
+        compared.append(hint)
+    first = rows[0]
+    length = 0
+    while length < limit and all(r[length] == first[length] for r in compared):
+        length += 1
+    return max(length, 0)
+
+
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 on each row's first real token (left padding)."""
     return (mask.cumsum(-1) - 1).clamp(min=0)

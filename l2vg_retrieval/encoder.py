@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .backbones import LoadedBackbone, LoadedTeacher, load_backbone, weights_fingerprint
-from .batching import encode_texts, pad_left, positions_from_mask, run_batched
+from .batching import common_prefix_length, encode_texts, pad_left, positions_from_mask, run_batched
 from .config import EncoderConfig
 from .encoder_lora import EncoderAdapter
 from .inputs import PromptTemplate, as_text_list, build_input_ids, prompt_prefix_ids
@@ -296,7 +296,7 @@ class L2VGEncoder(torch.nn.Module):
         text_grad = self.adapter is not None and torch.is_grad_enabled()
         # What rows share with the known template + instruction head; a bare LCP would, for
         # a single text, cache that whole text as a "prefix" and evict the useful ones.
-        shared = _common_prefix_length([*batch, list(prefix_hint or self.template.prefix_ids)])
+        shared = common_prefix_length(batch, list(prefix_hint or self.template.prefix_ids))
         rest_ids, rest_mask = pad_left([ids[shared:] for ids in batch], self.tokenizer.pad_token_id)
         rest_ids, rest_mask = rest_ids.to(self.device_), rest_mask.to(self.device_)
         n_batch, n_special = rest_ids.shape[0], self.config.n_special
@@ -494,17 +494,6 @@ class L2VGEncoder(torch.nn.Module):
             f"compression={c.n_compression}, dim={self.dim}, dtype={self.dtype_}, "
             f"document_mode={c.document_mode!r})"
         )
-
-
-def _common_prefix_length(rows: list[list[int]]) -> int:
-    """Tokens every row starts with, leaving every row (but the last, a hint) one own token."""
-    batch = rows[:-1]
-    limit = min(min(len(ids) for ids in batch) - 1, len(rows[-1]))
-    first = batch[0]
-    length = 0
-    while length < limit and all(ids[length] == first[length] for ids in rows):
-        length += 1
-    return length
 
 
 def _teacher_dim(name: str, teacher: LoadedTeacher | None) -> int:

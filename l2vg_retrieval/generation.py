@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .batching import pad_left, positions_from_mask
+from .batching import common_prefix_length, pad_left, positions_from_mask
 from .kv_cache import CACHE_KWARG, preallocated_cache
 
 
@@ -185,16 +185,6 @@ def generate_responses(
         prefix_ids=list(prompts[0][:shared]),
         repetition_penalty=repetition_penalty,
     )
-
-
-def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
-    """Tokens every row starts with, leaving each row at least one token of its own."""
-    limit = min(len(r) for r in rows) - 1
-    first = rows[0]
-    length = 0
-    while length < limit and all(r[length] == first[length] for r in rows):
-        length += 1
-    return max(length, 0)
 
 
 def generate_responses_hf(

@@ -151,3 +151,11 @@ def test_generation_and_response_length_sections_render(tmp_path: Path) -> None:
     assert "## Response generation" in text and "| 2.500 |" in text
     assert "## Response length" in text and "96 new tokens" in text
     assert (tmp_path / "d" / "benchmarks_generation.png").stat().st_size > 0
+
+
+def test_results_name_package_data_without_machine_paths(tmp_path: Path) -> None:
+    from l2vg_retrieval.bench.results import portable_path
+    from l2vg_retrieval.encoder import DEFAULT_CHECKPOINT
+
+    assert portable_path(DEFAULT_CHECKPOINT) == "l2vg_retrieval/checkpoints/default"
+    assert not portable_path(tmp_path / "elsewhere" / "data.jsonl").startswith("/")

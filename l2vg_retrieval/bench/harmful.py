@@ -33,6 +33,7 @@ import numpy as np
 
 from ..jsonl import read_jsonl
 from .metrics import ndcg_at_k, rank
+from .results import portable_path
 
 HARMFUL_K_VALUES: tuple[int, ...] = (1, 5, 10, 20)
 HARMFUL_PREFIX = "harm-"
@@ -306,7 +307,7 @@ def run_harmful_benchmark(
 
     report = {
         "benchmark": "harmful-content retrieval (AdvBench-IR style)",
-        "folder": str(folder),
+        "folder": portable_path(folder),
         "checkpoint": str(model) if model is not None else "default",
         "model": description or {},
         "encoder_fingerprint": encoder.fingerprint,

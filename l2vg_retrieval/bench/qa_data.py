@@ -1085,16 +1085,6 @@ class QASet:
 def _read_jsonl_any(path: Path) -> list[dict[str, Any]]:
     from ..jsonl import read_jsonl
 
-    if path.suffix == ".gz":
-        rows = []
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise QADataError(f"{path}:{n} is not valid JSON: {exc}") from exc
-        return rows
     return read_jsonl(path, error=QADataError)
 
 

@@ -49,6 +49,18 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def portable_path(path: str | Path) -> str:
+    """A path as results files record it: package-relative for the package's own data and
+    checkpoints (``l2vg_retrieval/...``), relative to the working directory when under it,
+    never the absolute path of the machine that made the file."""
+    resolved = Path(path).resolve()
+    package_parent = Path(__file__).resolve().parents[2]
+    for base in (package_parent, Path.cwd().resolve()):
+        if resolved.is_relative_to(base):
+            return resolved.relative_to(base).as_posix()
+    return Path(path).name
+
+
 def invoked_command() -> str:
     """The command line as the user typed it (``l2vg bench ...`` rather than a script path)."""
     argv = list(sys.argv)
