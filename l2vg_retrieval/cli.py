@@ -40,12 +40,15 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
 
 def load_encoder(model: str | None, dtype: str = "auto", document_mode: str | None = None) -> Any:
     """Load an encoder, turning checkpoint problems into a clean exit."""
+    from .backbones import MissingAssetError
     from .encoder import CheckpointError, L2VGEncoder
 
     try:
         return L2VGEncoder.from_pretrained(model, dtype=dtype, document_mode=document_mode)
     except CheckpointError as exc:
         fail(str(exc), EXIT_MISMATCH)
+    except MissingAssetError as exc:  # the backbone/teacher it names is not installed here
+        fail(str(exc), EXIT_RUNTIME)
     except (OSError, ValueError) as exc:
         fail(str(exc), EXIT_USAGE)
     raise AssertionError("unreachable")
@@ -134,3 +137,7 @@ _register_index(app)
 from .bench.cli import register as _register_bench  # noqa: E402
 
 _register_bench(app)
+
+from .llm2vec.cli import register as _register_llm2vec  # noqa: E402
+
+_register_llm2vec(app)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,7 +21,13 @@ DtypeOption = Annotated[str, typer.Option(help="auto | float32 | bfloat16")]
 
 def register(app: typer.Typer) -> None:
     """Attach the ``safety`` command group to the root ``l2vg`` app."""
-    from .cli import fail, load_encoder
+    from .cli import fail
+
+    def load_encoder(model: str | None, dtype: str) -> Any:
+        # Looked up at call time, so a test can stand a tiny encoder in for the checkpoint.
+        from . import cli
+
+        return cli.load_encoder(model, dtype)
 
     safety_app = typer.Typer(help="Safety-filtered retrieval: calibrate the query gate and document screen.")
     app.add_typer(safety_app, name="safety")
@@ -43,9 +49,29 @@ def register(app: typer.Typer) -> None:
         max_fpr_doc: Annotated[
             float, typer.Option(min=0.0, max=0.5, help="benign passages flagged, at most")
         ] = 0.02,
+        refusal_signal: Annotated[
+            bool,
+            typer.Option(
+                help="add the backbone's own refusal signal (next-token distribution at the answer "
+                "position, read in the same pass as the query embedding) to the gate's features"
+            ),
+        ] = True,
+        min_family_size: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="a benign family (technical, general, look-alike) with at least this many "
+                "validation rows must meet the FPR target on its own, not only pooled",
+            ),
+        ] = 50,
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
-        """Fit the gate and screen on labelled harmful/benign prompts and passages; store them."""
+        """Fit the gate and screen on labelled harmful/benign prompts and passages; store them.
+
+        --data takes your own JSONL: one row per text with "text", "label" (1 harmful, 0
+        benign) and "kind" ("query" or "passage"); optional "category" (a harm category, for
+        harmful rows and benign look-alikes) and "domain" (harmful, lookalike, technical,
+        general) make the validation fold and the per-family FPR targets as broad as your data."""
         from .encoder import DEFAULT_CHECKPOINT
         from .safety import calibrate
         from .safety_data import load_calibration_set
@@ -55,16 +81,21 @@ def register(app: typer.Typer) -> None:
             rows = load_calibration_set(data)
             calibration = calibrate(
                 encoder, rows, seed=seed, max_fpr_query=max_fpr_query, max_fpr_doc=max_fpr_doc,
-                show_progress_bar=True,
+                refusal_signal=refusal_signal, min_family_size=min_family_size, show_progress_bar=True,
             )  # fmt: skip
         except (OSError, ValueError) as exc:
             fail(str(exc))
         calibration.provenance["data"] = (
-            str(data) if data else "packaged: l2vg_retrieval/data/harmful_offline"
+            str(data) if data else "packaged: l2vg_retrieval/data/harm_taxonomy/calibration.jsonl"
         )
         folder = out or (Path(model) if model else DEFAULT_CHECKPOINT)
         calibration.save(folder)
-        summary = {"saved_to": str(folder), "doc_space": calibration.doc_space, **calibration.metrics}
+        summary = {
+            "saved_to": str(folder),
+            "doc_space": calibration.doc_space,
+            "refusal_signal": calibration.uses_refusal_signal,
+            **calibration.metrics,
+        }
         if as_json:
             print(json.dumps(summary, indent=2))
             return
@@ -81,6 +112,15 @@ def register(app: typer.Typer) -> None:
                 f"{m['fpr']:.3f}", f"{m['auc']:.3f}", f"{m['n_harmful']}/{m['n_benign']}",
             )  # fmt: skip
         Console().print(table)
+        gate = calibration.metrics["query_gate"]
+        families = ", ".join(
+            f"{name} {m['fpr']:.3f} (n={m['n']})"
+            for metrics in (gate, calibration.metrics["document_screen"])
+            for name, m in metrics.get("family_fpr", {}).items()
+        )
+        Console().print(f"benign FPR per family on the validation fold (gate, then screen): {families}")
+        if "refusal_signal_auc" in gate:
+            Console().print(f"refusal signal alone: AUC {gate['refusal_signal_auc']:.3f}")
         Console(stderr=True).print(f"saved {folder}/safety.json and safety.safetensors")
 
     @safety_app.command("check")

@@ -43,8 +43,13 @@ class EncoderLoraConfig(StrictModel):
 class EncoderConfig(StrictModel):
     """What defines an encoder's architecture and prompts; stored in every checkpoint."""
 
-    backbone: str = Field(DEFAULT_BACKBONE, min_length=1)
-    teacher: str = Field(DEFAULT_TEACHER, min_length=1)
+    backbone: str = Field(
+        DEFAULT_BACKBONE,
+        min_length=1,
+        description="a packaged short name, a hub id ('org/name'), or a local model folder written "
+        "as a path ('/abs/dir', './dir', '~/dir'); in a training config './dir' is relative to the file",
+    )
+    teacher: str = Field(DEFAULT_TEACHER, min_length=1, description="same forms as backbone")
     n_thought: int = Field(10, ge=0, le=512, description="tokens that only 'think' (no output)")
     n_compression: int = Field(10, ge=1, le=512, description="tokens whose states form the vector")
     max_text_tokens: int = Field(

@@ -289,7 +289,14 @@ class L2VGEncoder(torch.nn.Module):
     def _adapter_scope(self) -> Any:
         return self.adapter.active() if self.adapter is not None else contextlib.nullcontext()
 
-    def _compression_states(self, batch: list[list[int]], prefix_hint: Sequence[int]) -> torch.Tensor:
+    def _compression_states(
+        self,
+        batch: list[list[int]],
+        prefix_hint: Sequence[int],
+        answer_states: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``answer_states``, if given, receives the final hidden state ``[B, H]`` of each row's
+        last template token: where the LM would begin its answer (read by the safety gate)."""
         body = self.lm.get_decoder()
         # A LoRA in training changes the text's states too, so then the text passes need
         # gradients (and a fresh prefix each step); a frozen encoder never does.
@@ -304,13 +311,16 @@ class L2VGEncoder(torch.nn.Module):
         prefix_mask = torch.ones((n_batch, shared), dtype=torch.long, device=self.device_)
         mask = torch.cat([prefix_mask, rest_mask], dim=1)
         with torch.set_grad_enabled(text_grad):
-            body(
+            text_out = body(
                 input_ids=rest_ids,
                 attention_mask=mask,
                 position_ids=positions_from_mask(mask)[:, shared:],
                 **{CACHE_KWARG: cache},
                 use_cache=True,
             )
+        if answer_states is not None:
+            # Left padding: every row's last position is its answer position.
+            answer_states.append(text_out.last_hidden_state[:, -1].float())
         special = self.special_tokens.to(self.dtype_).unsqueeze(0).expand(n_batch, -1, -1)
         lengths = mask.sum(-1, keepdim=True)
         positions = lengths + torch.arange(n_special, device=self.device_).unsqueeze(0)
@@ -399,6 +409,43 @@ class L2VGEncoder(torch.nn.Module):
             convert_to_numpy=convert_to_numpy,
             convert_to_tensor=convert_to_tensor,
         )
+
+    def encode_with_answer_states(
+        self,
+        texts: Any,
+        *,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        normalize_embeddings: bool = True,
+        show_progress_bar: bool | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings plus, from the same forward pass, the final hidden state at the answer
+        position (the last template token, where the LM would start its reply): ``([N, D],
+        [N, H])``, or ``([D], [H])`` for one string. ``lm.get_output_embeddings()`` of that
+        state is the backbone's next-token distribution, e.g. how likely it is to refuse.
+        Plain :meth:`encode` never computes it."""
+        items, single = as_text_list(texts)
+        if not items:
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, self.hidden_size), np.float32)
+        ids = self.tokenize(items, prompt)
+        hint = self.prefix_hint(prompt)
+
+        def embed(batch: list[list[int]]) -> torch.Tensor:
+            states: list[torch.Tensor] = []
+            with self._adapter_scope():
+                compressed = self._compression_states(batch, hint, answer_states=states)
+            return torch.cat([self.embed_soft_prompts(self.recon_head(compressed)).float(), states[0]], dim=1)
+
+        with self._lock, torch.inference_mode():
+            out = run_batched(
+                ids, [len(i) for i in ids], embed, batch_size=batch_size,
+                show_progress_bar=show_progress_bar, desc="l2vg encode",
+            )  # fmt: skip
+        emb, answer = out[:, : self.dim], out[:, self.dim :]
+        if normalize_embeddings:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        emb_np, answer_np = emb.numpy().astype(np.float32), answer.numpy().astype(np.float32)
+        return (emb_np[0], answer_np[0]) if single else (emb_np, answer_np)
 
     def encode_query(self, texts: Any, *, instruction: str | None = None, **kwargs: Any) -> Any:
         """Embed queries with a task instruction (the config's default if not given)."""

@@ -1,12 +1,22 @@
 """QdrantIndexer: stream documents through an encoder into a Qdrant collection, and search it.
 
-One code path for embedded qdrant-client (a folder or ``:memory:``) and a real server
-(``url=``): everything goes through ``QdrantClient``'s public API.
+Three places a collection can live, one API:
+
+- ``backend="local"``: qdrant-client's embedded mode (a folder or ``:memory:``), exact
+  search in Python; simplest, fine up to tens of thousands of points;
+- ``backend="edge"``: Qdrant Edge, Qdrant's Rust engine in-process (HNSW, payload
+  indexes, a write-ahead log), in a folder (``qdrant_edge.py``, the only module that
+  touches it);
+- ``url=``: a Qdrant server or cluster, through ``QdrantClient``.
+
+The indexer talks to a small *store* (``ClientStore`` here, ``EdgeStore`` there): filters
+stay qdrant-client ``models.Filter`` everywhere and Edge translates them.
 
 The encoder's identity lives in Qdrant's own *collection metadata* (``create_collection(
-metadata=...)``, stored by local mode and by servers >= 1.16). A reserved "meta point" was
-the alternative; it was rejected because every other reader of the collection (LangChain,
-LlamaIndex, a dashboard) would see it as a document in searches and counts.
+metadata=...)``, stored by local mode and by servers >= 1.16; Edge has none, so an
+``l2vg.json`` beside the shard holds it). A reserved "meta point" was the alternative; it
+was rejected because every other reader of the collection (LangChain, LlamaIndex, a
+dashboard) would see it as a document in searches and counts.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -33,6 +43,15 @@ HARM_FLAG_KEY = "l2vg_harm_flagged"
 _ID_NAMESPACE = uuid.UUID("5f0c2a53-6d1e-4c39-9b55-2f6c1e8a7d41")
 _MAX_REASONS = 100
 
+Backend = Literal["local", "edge"]
+BACKENDS: tuple[str, ...] = ("local", "edge")
+# The embedded engine for collections that do not exist yet (existing ones are opened
+# with the engine that holds them). Local mode stays the default: collections made with
+# path= keep their ``.client``, and Edge is a beta binding (pinned; its boolean matches
+# needed a workaround). Edge is the one to choose past ~20k points: the README's
+# "Large corpora" has the measurements.
+DEFAULT_BACKEND: Backend = "local"
+
 
 class CollectionMismatchError(ValueError):
     """The collection was built with another encoder, dimension or distance."""
@@ -40,6 +59,29 @@ class CollectionMismatchError(ValueError):
 
 class CollectionNotFoundError(LookupError):
     """Searching a collection that does not exist."""
+
+
+class CollectionLockedError(RuntimeError):
+    """An embedded collection is already open in another process (or another indexer)."""
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    """A point as stored: its Qdrant id, its payload and (when asked for) its vector."""
+
+    id: str
+    payload: dict[str, Any]
+    vector: list[float] | None = None
+
+
+ScoredTuple = tuple[str, float, dict[str, Any]]
+IndexKind = Literal["keyword", "integer", "float", "bool"]
+_INDEX_KINDS: dict[str, models.PayloadSchemaType] = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "bool": models.PayloadSchemaType.BOOL,
+}
 
 
 class SafetyScreen(Protocol):
@@ -197,8 +239,294 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+# ---------------------------------------------------------------------- stores
+class ClientStore:
+    """One collection behind ``QdrantClient``: embedded local mode or a server."""
+
+    def __init__(
+        self,
+        client: QdrantClient,
+        collection: str,
+        *,
+        backend: str,
+        owns_client: bool,
+        hnsw_ef: int | None = None,
+    ) -> None:
+        self.client = client
+        self.collection = collection
+        self.backend = backend
+        self.owns_client = owns_client
+        self.hnsw_ef = hnsw_ef
+
+    @property
+    def location(self) -> str:
+        return self.backend
+
+    def exists(self) -> bool:
+        return self.client.collection_exists(self.collection)
+
+    def create(self, dim: int, meta: dict[str, Any]) -> None:
+        self.client.create_collection(
+            self.collection,
+            vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+            metadata={META_KEY: meta},
+        )
+
+    def drop(self) -> None:
+        self.client.delete_collection(self.collection)
+
+    def vector_params(self) -> tuple[int, str]:
+        vectors = self.client.get_collection(self.collection).config.params.vectors
+        if not isinstance(vectors, models.VectorParams):
+            raise CollectionMismatchError(
+                f"collection '{self.collection}' uses named vectors {sorted(vectors or {})}; "
+                "l2vg collections have one unnamed vector"
+            )
+        return int(vectors.size), str(vectors.distance.value)
+
+    def read_meta(self) -> dict[str, Any] | None:
+        stored = (self.client.get_collection(self.collection).config.metadata or {}).get(META_KEY)
+        return None if stored is None else dict(stored)
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        self.client.update_collection(self.collection, metadata={META_KEY: meta})
+
+    def count(self, query_filter: models.Filter | None = None) -> int:
+        return self.client.count(self.collection, count_filter=query_filter, exact=True).count
+
+    def existing(self, ids: Sequence[str | int]) -> set[str]:
+        present = self.client.retrieve(self.collection, list(ids), with_payload=False, with_vectors=False)
+        return {str(p.id) for p in present}
+
+    def upsert(
+        self, ids: Sequence[str | int], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        points = [
+            models.PointStruct(id=i, vector=np.asarray(v, dtype=np.float32).tolist(), payload=p)
+            for i, v, p in zip(ids, vectors, payloads, strict=True)
+        ]
+        self.client.upsert(self.collection, points, wait=True)
+
+    def _params(self, exact: bool) -> models.SearchParams | None:
+        # Local mode is always exact and warns about search params it cannot use.
+        if self.backend == "local" or (not exact and self.hnsw_ef is None):
+            return None
+        return models.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact)
+
+    def query(
+        self,
+        vector: np.ndarray,
+        query_filter: models.Filter | None,
+        limit: int,
+        score_threshold: float | None = None,
+        *,
+        exact: bool = False,
+    ) -> list[ScoredTuple]:
+        response = self.client.query_points(
+            self.collection,
+            query=np.asarray(vector, dtype=np.float32).tolist(),
+            query_filter=query_filter,
+            limit=limit,
+            with_payload=True,
+            score_threshold=score_threshold,
+            search_params=self._params(exact),
+        )
+        return [(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
+    def query_batch(
+        self, vectors: np.ndarray, filters: Sequence[models.Filter | None], limit: int, *, exact: bool = False
+    ) -> list[list[ScoredTuple]]:
+        requests = [
+            models.QueryRequest(
+                query=np.asarray(v, dtype=np.float32).tolist(),
+                filter=f,
+                limit=limit,
+                with_payload=True,
+                params=self._params(exact),
+            )
+            for v, f in zip(vectors, filters, strict=True)
+        ]
+        responses = self.client.query_batch_points(self.collection, requests)
+        return [[(str(p.id), float(p.score), dict(p.payload or {})) for p in r.points] for r in responses]
+
+    def delete_ids(self, ids: Sequence[str | int]) -> None:
+        self.client.delete(self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=True)
+
+    def delete_filter(self, query_filter: models.Filter) -> None:
+        self.client.delete(
+            self.collection, points_selector=models.FilterSelector(filter=query_filter), wait=True
+        )
+
+    def create_index(self, key: str, kind: str) -> None:
+        if self.backend == "local":
+            return  # local mode scans every payload; it would only warn that indexes do nothing
+        self.client.create_payload_index(self.collection, key, field_schema=_INDEX_KINDS[kind], wait=True)
+
+    def scroll(self, offset: Any, limit: int, *, with_vectors: bool = True) -> tuple[list[StoredPoint], Any]:
+        records, next_offset = self.client.scroll(
+            self.collection, limit=limit, offset=offset, with_payload=True, with_vectors=with_vectors
+        )
+        points = [
+            StoredPoint(
+                id=str(r.id),
+                payload=dict(r.payload or {}),
+                vector=list(r.vector) if with_vectors and isinstance(r.vector, list) else None,
+            )
+            for r in records
+        ]
+        return points, next_offset
+
+    def optimize(self) -> bool:
+        return False  # local mode has no index to build; a server optimises by itself
+
+    def close(self) -> None:
+        if self.owns_client:
+            self.client.close()
+
+
+def local_collection_exists(folder: str | Path, collection: str) -> bool:
+    """Whether a qdrant-client local-mode folder holds that collection, without opening
+    (and so locking) the folder: local mode keeps each collection in ``collection/<name>/``."""
+    return (Path(folder) / "collection" / collection).is_dir()
+
+
+def open_local_client(folder: str | Path) -> QdrantClient:
+    """qdrant-client local mode on a folder; a folder held by another process is a clear error."""
+    if str(folder) == ":memory:":
+        return QdrantClient(location=":memory:")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    try:
+        return QdrantClient(path=str(folder))
+    except RuntimeError as exc:
+        if "already accessed" in str(exc):
+            raise CollectionLockedError(
+                f"the embedded Qdrant folder {folder} is open in another process: local mode allows one "
+                "process per folder. Close the other user, or run a Qdrant server for concurrent "
+                "access (see `l2vg export`)"
+            ) from None
+        raise
+
+
+def resolve_backend(folder: str | Path, collection: str, backend: str | None) -> str:
+    """The embedded engine for ``collection`` in ``folder``: the one asked for, else the one
+    that already holds it, else :data:`DEFAULT_BACKEND`."""
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        return backend
+    if str(folder) == ":memory:":
+        return "local"
+    from . import qdrant_edge
+
+    in_local = local_collection_exists(folder, collection)
+    in_edge = qdrant_edge.collection_exists(folder, collection)
+    if in_local and in_edge:
+        raise ValueError(
+            f"'{collection}' exists in {folder} both as a local-mode and as an Edge collection; "
+            "choose one with backend='local' or backend='edge'"
+        )
+    if in_local:
+        return "local"
+    if in_edge:
+        return "edge"
+    return DEFAULT_BACKEND
+
+
+def open_store(
+    collection: str,
+    *,
+    path: str | Path | None = None,
+    url: str | None = None,
+    api_key: str | None = None,
+    client: QdrantClient | None = None,
+    backend: str | None = None,
+    timeout: int | None = None,
+    hnsw_ef: int | None = None,
+) -> ClientStore | Any:
+    """The store for a collection: a given client, a server (``url=``) or an embedded folder."""
+    if sum(x is not None for x in (path, url, client)) > 1:
+        raise ValueError("give at most one of path=, url= or client=")
+    if api_key is not None and url is None:
+        raise ValueError("api_key= only applies to a server given by url=")
+    if backend == "edge" and (url is not None or client is not None):
+        raise ValueError("backend='edge' is embedded: give path=, not url= or client=")
+    if client is not None:
+        return ClientStore(client, collection, backend="client", owns_client=False, hnsw_ef=hnsw_ef)
+    if url is not None:
+        server = QdrantClient(url=url, api_key=api_key, timeout=timeout)
+        return ClientStore(server, collection, backend="server", owns_client=True, hnsw_ef=hnsw_ef)
+    folder: str | Path = path if path is not None else default_path()
+    chosen = resolve_backend(folder, collection, backend)
+    if chosen == "edge":
+        from .qdrant_edge import EdgeStore
+
+        return EdgeStore(folder, collection, hnsw_ef=hnsw_ef)
+    return ClientStore(open_local_client(folder), collection, backend="local", owns_client=True)
+
+
+def open_collection(
+    store: Any, wanted: dict[str, Any], *, create: bool = True, recreate: bool = False
+) -> dict[str, Any]:
+    """Create the collection with ``wanted`` metadata, or check that the existing one holds
+    vectors of the same space (dimension, distance, encoder fingerprint); its metadata."""
+    name = store.collection
+    exists = store.exists()
+    if exists and recreate:
+        store.drop()
+        exists = False
+    if not exists:
+        if not create:
+            raise CollectionNotFoundError(
+                f"collection '{name}' does not exist; index documents into it first"
+            )
+        store.create(wanted["dim"], wanted)
+        return _read_back_meta(store)
+    size, distance = store.vector_params()
+    if size != wanted["dim"]:
+        raise CollectionMismatchError(
+            f"collection '{name}' holds {size}-d vectors but the encoder "
+            f"produces {wanted['dim']}-d vectors: use the encoder it was built with or another collection"
+        )
+    if distance != models.Distance.COSINE.value:
+        raise CollectionMismatchError(f"collection '{name}' uses {distance} distance, l2vg needs Cosine")
+    stored = store.read_meta()
+    if stored is None:
+        if store.count():
+            raise CollectionMismatchError(
+                f"collection '{name}' has points but no l2vg metadata: it was not built by "
+                "l2vg, so its vectors cannot be trusted to share this encoder's space"
+            )
+        store.write_meta(wanted)
+        return _read_back_meta(store)
+    if stored.get("fingerprint") != wanted["fingerprint"]:
+        raise CollectionMismatchError(
+            f"collection '{name}' was built with encoder {stored.get('model')} "
+            f"(fingerprint {stored.get('fingerprint')}), but this encoder has fingerprint "
+            f"{wanted['fingerprint']}: its vectors live in another space"
+        )
+    return dict(stored)
+
+
+def _read_back_meta(store: Any) -> dict[str, Any]:
+    stored = store.read_meta()
+    if stored is None:
+        raise RuntimeError(
+            "the Qdrant server did not keep the collection metadata (needs Qdrant >= 1.16); "
+            "upgrade the server so encoder mismatches can be detected"
+        )
+    return stored
+
+
+# ---------------------------------------------------------------------- the indexer
 class QdrantIndexer:
-    """Index documents with an l2vg encoder into one Qdrant collection and search it."""
+    """Index documents with an l2vg encoder into one Qdrant collection and search it.
+
+    Where the collection lives: ``url=`` a server; ``client=`` a ready ``QdrantClient``;
+    otherwise an embedded folder (``path=``, default: the user data dir) with
+    ``backend="edge"`` (Qdrant Edge, HNSW) or ``"local"`` (qdrant-client local mode, exact
+    search, also ``path=":memory:"``). Without ``backend=`` an existing collection is opened
+    with the engine that holds it and a new one gets :data:`DEFAULT_BACKEND`.
+    """
 
     def __init__(
         self,
@@ -209,41 +537,51 @@ class QdrantIndexer:
         url: str | None = None,
         api_key: str | None = None,
         client: QdrantClient | None = None,
+        backend: Backend | None = None,
         create: bool = True,
         recreate: bool = False,
         batch_size: int = 64,
         safety: SafetyScreen | None = None,
         timeout: int | None = None,
+        hnsw_ef: int | None = None,
     ) -> None:
         if not isinstance(collection, str) or not collection.strip():
             raise ValueError("collection must be a non-empty string")
-        if sum(x is not None for x in (path, url, client)) > 1:
-            raise ValueError("give at most one of path=, url= or client=")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if api_key is not None and url is None:
-            raise ValueError("api_key= only applies to a server given by url=")
+        if hnsw_ef is not None and hnsw_ef < 1:
+            raise ValueError(f"hnsw_ef must be >= 1, got {hnsw_ef}")
         self.encoder = encoder
         self.collection = collection
         self.batch_size = batch_size
         self.safety = safety
-        self._owns_client = client is None
-        if client is not None:
-            self.client = client
-        elif url is not None:
-            self.client = QdrantClient(url=url, api_key=api_key, timeout=timeout)
-        elif str(path) == ":memory:":
-            self.client = QdrantClient(location=":memory:")
-        else:
-            folder = Path(path) if path is not None else default_path()
-            folder.mkdir(parents=True, exist_ok=True)
-            self.client = QdrantClient(path=str(folder))
+        self.store = open_store(
+            collection,
+            path=path,
+            url=url,
+            api_key=api_key,
+            client=client,
+            backend=backend,
+            timeout=timeout,
+            hnsw_ef=hnsw_ef,
+        )
+        self.backend: str = self.store.backend
         try:
-            self.meta = self._open_collection(create=create, recreate=recreate)
+            self.meta = open_collection(self.store, self._encoder_meta(), create=create, recreate=recreate)
         except BaseException:
-            # Local mode locks its folder until close(): a refused open must not keep it locked.
+            # An embedded store locks its folder until close(): a refused open must not keep it locked.
             self.close()
             raise
+
+    @property
+    def client(self) -> QdrantClient:
+        """The ``QdrantClient`` behind a local-mode or server collection."""
+        if not isinstance(self.store, ClientStore):
+            raise AttributeError(
+                "an Edge collection has no QdrantClient: use the indexer's own methods, or "
+                "`l2vg export` to copy it into a server"
+            )
+        return self.store.client
 
     # ------------------------------------------------------------------ collection
     def _encoder_meta(self) -> dict[str, Any]:
@@ -258,70 +596,11 @@ class QdrantIndexer:
             "screened": False,
         }
 
-    def _open_collection(self, *, create: bool, recreate: bool) -> dict[str, Any]:
-        exists = self.client.collection_exists(self.collection)
-        if exists and recreate:
-            self.client.delete_collection(self.collection)
-            exists = False
-        wanted = self._encoder_meta()
-        if not exists:
-            if not create:
-                raise CollectionNotFoundError(
-                    f"collection '{self.collection}' does not exist; index documents into it first"
-                )
-            self.client.create_collection(
-                self.collection,
-                vectors_config=models.VectorParams(size=wanted["dim"], distance=models.Distance.COSINE),
-                metadata={META_KEY: wanted},
-            )
-            return self._read_back_meta()
-        info = self.client.get_collection(self.collection)
-        vectors = info.config.params.vectors
-        if not isinstance(vectors, models.VectorParams):
-            raise CollectionMismatchError(
-                f"collection '{self.collection}' uses named vectors {sorted(vectors or {})}; "
-                "l2vg collections have one unnamed vector"
-            )
-        if vectors.size != wanted["dim"]:
-            raise CollectionMismatchError(
-                f"collection '{self.collection}' holds {vectors.size}-d vectors but the encoder "
-                f"produces {wanted['dim']}-d vectors: use the encoder it was built with or another collection"
-            )
-        if vectors.distance != models.Distance.COSINE:
-            raise CollectionMismatchError(
-                f"collection '{self.collection}' uses {vectors.distance.value} distance, l2vg needs Cosine"
-            )
-        stored = (info.config.metadata or {}).get(META_KEY)
-        if stored is None:
-            if self.client.count(self.collection, exact=True).count:
-                raise CollectionMismatchError(
-                    f"collection '{self.collection}' has points but no l2vg metadata: it was not built by "
-                    "l2vg, so its vectors cannot be trusted to share this encoder's space"
-                )
-            self.client.update_collection(self.collection, metadata={META_KEY: wanted})
-            return self._read_back_meta()
-        if stored.get("fingerprint") != wanted["fingerprint"]:
-            raise CollectionMismatchError(
-                f"collection '{self.collection}' was built with encoder {stored.get('model')} "
-                f"(fingerprint {stored.get('fingerprint')}), but this encoder has fingerprint "
-                f"{wanted['fingerprint']}: its vectors live in another space"
-            )
-        return dict(stored)
-
-    def _read_back_meta(self) -> dict[str, Any]:
-        stored = (self.client.get_collection(self.collection).config.metadata or {}).get(META_KEY)
-        if stored is None:
-            raise RuntimeError(
-                "the Qdrant server did not keep the collection metadata (needs Qdrant >= 1.16); "
-                "upgrade the server so encoder mismatches can be detected"
-            )
-        return dict(stored)
-
     def _set_meta(self, **changes: Any) -> None:
         if all(self.meta.get(k) == v for k, v in changes.items()):
             return
         self.meta = {**self.meta, **changes}
-        self.client.update_collection(self.collection, metadata={META_KEY: self.meta})
+        self.store.write_meta(self.meta)
 
     # ------------------------------------------------------------------ indexing
     def index(
@@ -331,12 +610,15 @@ class QdrantIndexer:
         overwrite: bool = False,
         show_progress: bool | None = None,
         encode_batch_size: int | None = None,
+        optimize: bool = True,
     ) -> IndexReport:
         """Encode and upload documents in chunks of ``batch_size``, in constant memory.
 
         Ids already in the collection are skipped (so an interrupted run resumes where it
         stopped) unless ``overwrite`` re-encodes them. Empty or malformed documents are
-        skipped and counted with a reason.
+        skipped and counted with a reason. On Edge, ``optimize`` builds the HNSW index once
+        the whole run is in (pass False when several ``index`` calls follow each other,
+        then call :meth:`optimize` once).
         """
         if isinstance(documents, str | bytes) or not isinstance(documents, Iterable):
             raise TypeError("documents must be an iterable of documents (a single str is not)")
@@ -357,7 +639,18 @@ class QdrantIndexer:
                 bar.update(len(raw_chunk))
         finally:
             bar.close()
+        if optimize and report.indexed:
+            started = time.perf_counter()
+            self.optimize()
+            report.qdrant_seconds += time.perf_counter() - started
         return report
+
+    def optimize(self) -> bool:
+        """Build the search index now (Edge: merge segments, build HNSW; others: nothing).
+
+        Search works before this (exactly, over unindexed segments), only slower at scale.
+        """
+        return bool(self.store.optimize())
 
     def _index_chunk(
         self,
@@ -381,11 +674,8 @@ class QdrantIndexer:
             return
         if not overwrite:
             started = time.perf_counter()
-            present = self.client.retrieve(
-                self.collection, [d.point_id for d in docs], with_payload=False, with_vectors=False
-            )
+            existing = self.store.existing([d.point_id for d in docs])
             report.qdrant_seconds += time.perf_counter() - started
-            existing = {str(p.id) for p in present}
             report.skipped_existing += sum(d.point_id in existing for d in docs)
             docs = [d for d in docs if d.point_id not in existing]
             if not docs:
@@ -406,18 +696,14 @@ class QdrantIndexer:
                     f"safety.screen_documents returned {len(extra)} results for {len(docs)} texts"
                 )
         report.encode_seconds += time.perf_counter() - started
-        points = [
-            models.PointStruct(
-                id=d.point_id,
-                vector=vector.tolist(),
-                payload={TEXT_KEY: d.text, METADATA_KEY: d.metadata, DOC_ID_KEY: d.doc_id, **screen},
-            )
-            for d, vector, screen in zip(docs, vectors, extra, strict=True)
+        payloads = [
+            {TEXT_KEY: d.text, METADATA_KEY: d.metadata, DOC_ID_KEY: d.doc_id, **screen}
+            for d, screen in zip(docs, extra, strict=True)
         ]
         started = time.perf_counter()
-        self.client.upsert(self.collection, points, wait=True)
+        self.store.upsert([d.point_id for d in docs], vectors, payloads)
         report.qdrant_seconds += time.perf_counter() - started
-        report.indexed += len(points)
+        report.indexed += len(docs)
 
     # ------------------------------------------------------------------ search
     def _safe_filter(
@@ -472,15 +758,8 @@ class QdrantIndexer:
             query_filter, refused = self._safe_filter(query, instruction, query_filter, vector)
             if refused is not None:
                 return refused
-        response = self.client.query_points(
-            self.collection,
-            query=np.asarray(vector, dtype=np.float32).tolist(),
-            query_filter=query_filter,
-            limit=k,
-            with_payload=True,
-            score_threshold=score_threshold,
-        )
-        return SearchResults(_to_hit(p) for p in response.points)
+        scored = self.store.query(np.asarray(vector, dtype=np.float32), query_filter, k, score_threshold)
+        return SearchResults(_hit(*s) for s in scored)
 
     def search_batch(
         self,
@@ -511,18 +790,14 @@ class QdrantIndexer:
                 filters[i], results[i] = self._safe_filter(q, instruction, base_filter, vectors[i])
         todo = [i for i, r in enumerate(results) if r is None]
         if todo:
-            requests = [
-                models.QueryRequest(query=vectors[i].tolist(), filter=filters[i], limit=k, with_payload=True)
-                for i in todo
-            ]
-            responses = self.client.query_batch_points(self.collection, requests)
-            for i, response in zip(todo, responses, strict=True):
-                results[i] = SearchResults(_to_hit(p) for p in response.points)
+            batches = self.store.query_batch(vectors[todo], [filters[i] for i in todo], k)
+            for i, scored in zip(todo, batches, strict=True):
+                results[i] = SearchResults(_hit(*s) for s in scored)
         return [r for r in results if r is not None]
 
     # ------------------------------------------------------------------ maintenance
     def count(self, filter: Mapping[str, Any] | models.Filter | None = None) -> int:
-        return self.client.count(self.collection, count_filter=build_filter(filter), exact=True).count
+        return self.store.count(build_filter(filter))
 
     def delete(
         self,
@@ -536,14 +811,37 @@ class QdrantIndexer:
         if ids is not None:
             if isinstance(ids, str | int):
                 ids = [ids]
-            selector: Any = models.PointIdsList(points=[point_id(i) for i in ids])
+            self.store.delete_ids([point_id(i) for i in ids])
         else:
-            selector = models.FilterSelector(filter=build_filter(filter))
-        self.client.delete(self.collection, points_selector=selector, wait=True)
+            built = build_filter(filter)
+            assert built is not None
+            self.store.delete_filter(built)
+
+    def index_metadata(self, key: str, kind: IndexKind) -> None:
+        """Index a metadata field for filtered search (a server or Edge; local mode scans).
+
+        Worth it for fields you filter on in large collections: the engine then estimates
+        how many points pass a filter and picks graph search or a scan of just those.
+        """
+        if kind not in _INDEX_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(_INDEX_KINDS)}, got {kind!r}")
+        if not isinstance(key, str) or not key.strip():
+            raise ValueError("key must be a non-empty metadata field name")
+        self.store.create_index(f"{METADATA_KEY}.{key}", kind)
+
+    def iter_points(self, *, with_vectors: bool = False, batch_size: int = 256) -> Iterator[StoredPoint]:
+        """Every stored point (Qdrant id, payload, optionally the vector), in storage order."""
+        offset: Any = None
+        while True:
+            points, offset = self.store.scroll(offset, batch_size, with_vectors=with_vectors)
+            yield from points
+            if offset is None:
+                return
 
     def close(self) -> None:
-        if self._owns_client:
-            self.client.close()
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
 
     def __enter__(self) -> QdrantIndexer:
         return self
@@ -552,11 +850,10 @@ class QdrantIndexer:
         self.close()
 
 
-def _to_hit(point: models.ScoredPoint) -> Hit:
-    payload = point.payload or {}
+def _hit(qdrant_id: str, score: float, payload: dict[str, Any]) -> Hit:
     return Hit(
-        id=str(payload.get(DOC_ID_KEY) or point.id),
-        score=float(point.score),
+        id=str(payload.get(DOC_ID_KEY) or qdrant_id),
+        score=float(score),
         text=str(payload.get(TEXT_KEY, "")),
         metadata=dict(payload.get(METADATA_KEY) or {}),
     )

@@ -7,9 +7,13 @@ catches too little. Both halves therefore use a small calibrated logistic-regres
 on the encoder's own vectors:
 
 - **Query gate**: features = the query's generative embedding (with the retrieval
-  instruction) + its cosine to a *refusal prototype* (refusal sentences embedded by the
-  teacher, i.e. exactly where the encoder puts "the answer is a refusal"). A query scoring
-  at or above the threshold is blocked: safe-mode search returns no hits and says why.
+  instruction), its cosine to a *refusal prototype* (refusal sentences embedded by the
+  teacher, i.e. where the encoder puts "the answer is a refusal"), and, by default, **the
+  backbone's own refusal signal**: read in the same forward pass as the embedding, the
+  log-probability that its answer begins like a refusal ("I'm sorry", "I cannot", ...) and
+  like compliance ("Sure", "Here", ...), from the next-token distribution at the answer
+  position (:meth:`L2VGEncoder.encode_with_answer_states`). A query scoring at or above the
+  threshold is blocked: safe-mode search returns no hits and says why.
 - **Document screen**: features = the passage's embedding in the space calibration found
   to separate best: ``generative`` (how the model would respond to the passage, encoded
   with the document prompt) or ``teacher`` (what the passage says). Scores and flags are
@@ -17,19 +21,23 @@ on the encoder's own vectors:
   searches filter flagged points out even when the query looks benign.
 
 Calibration (``l2vg safety calibrate``) fits both probes on labelled harmful/benign prompts
-and passages, picks each threshold on a held-out fold as the lowest score that keeps the
-benign false-positive rate at or under a target (benign retrieval must not pay much for
-safety), and records the precision/recall it reached there. Everything is stored beside
-the checkpoint as ``safety.json`` (thresholds, metrics, provenance) + ``safety.safetensors``
-(probe weights, prototype): no pickle. The calibration is tied to the encoder's
-fingerprint; loading it for another encoder is an error.
+and passages (by default the packaged harm-taxonomy set), on a training fold stratified by
+label and harm category / benign family, so the validation fold is as broad as the data.
+Each threshold is the lowest score that keeps the benign false-positive rate on the
+validation fold at or under a target, pooled **and** for every benign family large enough
+to measure (technical passages, general questions, look-alikes): benign retrieval must not
+pay much for safety, and no kind of benign text may pay more than the rest. Everything is
+stored beside the checkpoint as ``safety.json`` (thresholds, metrics, provenance) +
+``safety.safetensors`` (probe weights, prototype, digests of the calibration texts, so a
+benchmark can prove it tests on unseen data): no pickle. The calibration is tied to the
+encoder's fingerprint; loading it for another encoder is an error.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +49,8 @@ HARM_FLAG_KEY = "l2vg_harm_flagged"
 SAFETY_FILE = "safety.json"
 SAFETY_WEIGHTS_FILE = "safety.safetensors"
 SAFETY_FORMAT = "l2vg-safety"
-SAFETY_VERSION = 1
+SAFETY_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # version 1: no refusal signal, no calibration digests
 
 DocSpace = Literal["generative", "teacher"]
 DOC_SPACES: tuple[DocSpace, ...] = ("generative", "teacher")
@@ -58,7 +67,24 @@ REFUSAL_TEXTS: tuple[str, ...] = (
     "I'm unable to help with creating harmful, hateful or violent content.",
     "This request asks for something dangerous, so I will not answer it.",
 )
+# How answers begin when the model declines, and when it complies. Only the first token of
+# each is read (one forward pass gives one next-token distribution); a token that starts
+# openings of both kinds says nothing and is dropped from both.
+REFUSAL_OPENINGS: tuple[str, ...] = (
+    "I'm sorry", "I am sorry", "Sorry", "I cannot", "I can't", "I won't", "I will not",
+    "I'm unable", "I am unable", "I'm not able", "Unfortunately", "As an AI", "I apologize",
+    "I must decline", "No",
+)  # fmt: skip
+COMPLIANCE_OPENINGS: tuple[str, ...] = (
+    "Sure", "Certainly", "Of course", "Absolutely", "Here", "Here's", "Yes", "Great", "Okay",
+    "Step", "1.", "To", "The", "First", "A", "In",
+)  # fmt: skip
+GATE_BASE_FEATURES: tuple[str, ...] = ("embedding", "refusal_similarity")
+ANSWER_FEATURES: tuple[str, ...] = ("refusal_start_logprob", "compliance_start_logprob")
 L2_GRID: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
+# Below this many validation examples a 2% false-positive rate cannot be measured (it
+# would allow zero mistakes), so such a benign family counts only in the pooled rate.
+MIN_FAMILY_SIZE = 50
 
 
 class SafetyCalibrationError(ValueError):
@@ -169,6 +195,26 @@ def threshold_at_fpr(scores: np.ndarray, labels: np.ndarray, max_fpr: float) -> 
     return float(np.nextafter(benign[allowed], np.inf))
 
 
+def threshold_for_families(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    families: Sequence[str],
+    max_fpr: float,
+    *,
+    min_family_size: int = MIN_FAMILY_SIZE,
+) -> float:
+    """The lowest threshold that keeps the pooled benign FPR, and that of every benign family
+    with at least ``min_family_size`` examples, at or under ``max_fpr``."""
+    s, y, fam = np.asarray(scores, dtype=np.float64), np.asarray(labels), np.asarray(families)
+    threshold = threshold_at_fpr(s, y, max_fpr)
+    benign = y == 0
+    for family in sorted(set(fam[benign].tolist())):
+        mask = benign & (fam == family)
+        if mask.sum() >= min_family_size:
+            threshold = max(threshold, threshold_at_fpr(s[mask], y[mask], max_fpr))
+    return threshold
+
+
 def precision_recall(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
     s, y = np.asarray(scores), np.asarray(labels)
     flagged = s >= threshold
@@ -183,6 +229,18 @@ def precision_recall(scores: np.ndarray, labels: np.ndarray, threshold: float) -
         "n_harmful": int((y == 1).sum()),
         "n_benign": n_benign,
     }
+
+
+def family_fpr(
+    scores: np.ndarray, labels: np.ndarray, families: Sequence[str], threshold: float
+) -> dict[str, dict[str, float]]:
+    """Benign false-positive rate per family at ``threshold``: {family: {fpr, n}}."""
+    s, y, fam = np.asarray(scores), np.asarray(labels), np.asarray(families)
+    out: dict[str, dict[str, float]] = {}
+    for family in sorted(set(fam[y == 0].tolist())):
+        mask = (y == 0) & (fam == family)
+        out[family] = {"fpr": float((s[mask] >= threshold).mean()), "n": int(mask.sum())}
+    return out
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -200,6 +258,16 @@ class SafetyCalibration:
     query_instruction: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Names of the gate's feature blocks, in order (GATE_BASE_FEATURES [+ ANSWER_FEATURES]).
+    query_features: tuple[str, ...] = GATE_BASE_FEATURES
+    # Token ids whose next-token log-probability mass makes each answer feature.
+    answer_token_ids: dict[str, list[int]] = field(default_factory=dict)
+    # text_digest() of every text the probes were fitted or thresholded on.
+    calibration_digests: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def uses_refusal_signal(self) -> bool:
+        return ANSWER_FEATURES[0] in self.query_features
 
     def save(self, folder: str | Path) -> Path:
         from safetensors.numpy import save_file
@@ -210,6 +278,7 @@ class SafetyCalibration:
             **self.query_probe.tensors("query_probe"),
             **self.doc_probe.tensors("doc_probe"),
             "refusal_prototype": np.asarray(self.refusal_prototype, dtype=np.float64),
+            "calibration_digests": np.asarray(self.calibration_digests, dtype=np.int64),
         }
         tmp = out / (SAFETY_WEIGHTS_FILE + ".tmp")
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
@@ -222,6 +291,8 @@ class SafetyCalibration:
             "doc_threshold": self.doc_threshold,
             "doc_space": self.doc_space,
             "query_instruction": self.query_instruction,
+            "query_features": list(self.query_features),
+            "answer_token_ids": self.answer_token_ids,
             "metrics": self.metrics,
             "provenance": self.provenance,
         }
@@ -246,7 +317,7 @@ class SafetyCalibration:
             raise SafetyCalibrationError(f"{meta_path} is corrupt: {exc}") from exc
         if not isinstance(meta, dict) or meta.get("format") != SAFETY_FORMAT:
             raise SafetyCalibrationError(f"{meta_path} is not an l2vg safety calibration")
-        if meta.get("format_version") != SAFETY_VERSION:
+        if meta.get("format_version") not in _READABLE_VERSIONS:
             raise SafetyCalibrationError(f"{meta_path} has format version {meta.get('format_version')}")
         if meta.get("doc_space") not in DOC_SPACES:
             raise SafetyCalibrationError(f"{meta_path}: doc_space must be one of {DOC_SPACES}")
@@ -256,6 +327,12 @@ class SafetyCalibration:
             tensors = load_file(str(weights_path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise SafetyCalibrationError(f"{weights_path} is corrupt: {exc}") from exc
+        features = tuple(meta.get("query_features") or GATE_BASE_FEATURES)
+        if features not in (GATE_BASE_FEATURES, GATE_BASE_FEATURES + ANSWER_FEATURES):
+            raise SafetyCalibrationError(f"{meta_path}: unknown query_features {list(features)}")
+        token_ids = {str(k): [int(i) for i in v] for k, v in dict(meta.get("answer_token_ids") or {}).items()}
+        if features != GATE_BASE_FEATURES and set(token_ids) != set(ANSWER_FEATURES):
+            raise SafetyCalibrationError(f"{meta_path}: the refusal signal needs answer_token_ids")
         try:
             return cls(
                 encoder_fingerprint=str(meta["encoder_fingerprint"]),
@@ -268,6 +345,11 @@ class SafetyCalibration:
                 query_instruction=meta.get("query_instruction"),
                 metrics=dict(meta.get("metrics", {})),
                 provenance=dict(meta.get("provenance", {})),
+                query_features=features,
+                answer_token_ids=token_ids,
+                calibration_digests=np.asarray(
+                    tensors.get("calibration_digests", np.zeros(0, dtype=np.int64)), dtype=np.int64
+                ),
             )
         except KeyError as exc:
             raise SafetyCalibrationError(f"{meta_path} or its weights lack {exc}") from exc
@@ -282,12 +364,64 @@ def refusal_prototype(encoder: Any) -> np.ndarray:
     return proto / max(float(np.linalg.norm(proto)), 1e-12)
 
 
-def query_features(embeddings: np.ndarray, prototype: np.ndarray) -> np.ndarray:
-    """The gate's features: the embedding and its cosine to the refusal prototype."""
-    emb = np.asarray(embeddings, dtype=np.float64)
+# ----------------------------------------------------------------------------- refusal signal
+def answer_token_ids(tokenizer: Any) -> dict[str, list[int]]:
+    """First-token ids of refusal and of compliance openings (shared ones dropped from both)."""
+
+    def first_tokens(texts: Sequence[str]) -> set[int]:
+        ids = set()
+        for text in texts:
+            encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if encoded:
+                ids.add(int(encoded[0]))
+        return ids
+
+    refusal, compliance = first_tokens(REFUSAL_OPENINGS), first_tokens(COMPLIANCE_OPENINGS)
+    shared = refusal & compliance
+    refusal, compliance = sorted(refusal - shared), sorted(compliance - shared)
+    if not refusal or not compliance:
+        raise ValueError("this tokenizer gives refusal and compliance openings the same first tokens")
+    return {ANSWER_FEATURES[0]: refusal, ANSWER_FEATURES[1]: compliance}
+
+
+def answer_logprobs(
+    encoder: Any, states: np.ndarray, token_ids: Mapping[str, Sequence[int]], *, chunk: int = 128
+) -> np.ndarray:
+    """``[N, 2]``: log of the next-token probability mass on refusal / compliance first tokens,
+    from final hidden states at the answer position (the LM's own output head; models whose
+    forward rescales logits, e.g. soft-capping, would need that too)."""
+    import torch
+
+    states = np.atleast_2d(np.asarray(states, dtype=np.float32))
+    head = encoder.lm.get_output_embeddings()
+    sets = [torch.tensor(list(token_ids[name]), dtype=torch.long) for name in ANSWER_FEATURES]
+    out = np.zeros((len(states), len(sets)), dtype=np.float64)
+    with torch.inference_mode():
+        for start in range(0, len(states), chunk):
+            h = torch.from_numpy(states[start : start + chunk]).to(encoder.device_, encoder.dtype_)
+            logp = torch.log_softmax(head(h).float(), dim=-1).cpu()
+            for j, ids in enumerate(sets):
+                out[start : start + chunk, j] = torch.logsumexp(logp[:, ids], dim=-1).double().numpy()
+    return out
+
+
+def query_features(
+    embeddings: np.ndarray, prototype: np.ndarray, answer_features: np.ndarray | None = None
+) -> np.ndarray:
+    """The gate's features: the embedding, its cosine to the refusal prototype, and (with the
+    refusal signal) the answer-start log-probabilities."""
+    emb = np.atleast_2d(np.asarray(embeddings, dtype=np.float64))
     norms = np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
     cosine = (emb / norms) @ prototype
-    return np.hstack([emb, cosine[:, None]])
+    blocks = [emb, cosine[:, None]]
+    if answer_features is not None:
+        answer = np.atleast_2d(np.asarray(answer_features, dtype=np.float64))
+        if answer.shape != (len(emb), len(ANSWER_FEATURES)):
+            raise ValueError(
+                f"answer features must be [{len(emb)}, {len(ANSWER_FEATURES)}], got {answer.shape}"
+            )
+        blocks.append(answer)
+    return np.hstack(blocks)
 
 
 def embed_documents(
@@ -301,26 +435,152 @@ def embed_documents(
     )
 
 
-def _fold(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified seeded split into train / validation indices."""
+# ----------------------------------------------------------------------------- features
+@dataclass
+class SafetyFeatures:
+    """Every encoder output calibration needs, computed once for a list of labelled rows.
+
+    Fitting (:func:`fit_calibration`) is pure numpy on these, so leave-one-category-out
+    evaluation refits fifteen times without running the encoder again.
+    """
+
+    encoder_fingerprint: str
+    instruction: str | None
+    prototype: np.ndarray
+    queries: list[Any]  # LabelledText rows of kind "query", in input order
+    passages: list[Any]  # ... of kind "passage"
+    query_embeddings: np.ndarray  # [Nq, D], normalised, exactly what encode_query returns
+    answer_states: np.ndarray | None  # [Nq, H] final hidden state at the answer position
+    answer_features: np.ndarray | None  # [Nq, 2] answer_logprobs() of those states
+    answer_token_ids: dict[str, list[int]]
+    doc_embeddings: dict[str, np.ndarray]  # space -> [Nd, D]
+
+    def gate_matrix(self, refusal_signal: bool, index: np.ndarray | None = None) -> np.ndarray:
+        if refusal_signal and self.answer_features is None:
+            raise ValueError("these features were computed without the refusal signal")
+        emb = self.query_embeddings if index is None else self.query_embeddings[index]
+        answer = None
+        if refusal_signal:
+            assert self.answer_features is not None
+            answer = self.answer_features if index is None else self.answer_features[index]
+        return query_features(emb, self.prototype, answer)
+
+    def labels(self, kind: str) -> np.ndarray:
+        rows = self.queries if kind == "query" else self.passages
+        return np.array([r.label for r in rows], dtype=np.int64)
+
+    def attribute(self, kind: str, name: str) -> np.ndarray:
+        rows = self.queries if kind == "query" else self.passages
+        return np.array([str(getattr(r, name)) for r in rows], dtype=object)
+
+
+def featurize(
+    encoder: Any,
+    rows: Sequence[Any],
+    *,
+    doc_spaces: Sequence[DocSpace] = DOC_SPACES,
+    refusal_signal: bool = True,
+    show_progress_bar: bool = False,
+) -> SafetyFeatures:
+    """Run the encoder once over labelled rows (``text``, ``label``, ``kind`` ...)."""
+    queries = [r for r in rows if r.kind == "query"]
+    passages = [r for r in rows if r.kind == "passage"]
+    instruction = encoder.config.query_instruction
+    token_ids: dict[str, list[int]] = {}
+    states = answer = None
+    q_texts = [r.text for r in queries]
+    if refusal_signal:
+        token_ids = answer_token_ids(encoder.tokenizer)
+        if q_texts:
+            q_emb, states = encoder.encode_with_answer_states(
+                q_texts, prompt=instruction, show_progress_bar=show_progress_bar
+            )
+            answer = answer_logprobs(encoder, states, token_ids)
+        else:
+            q_emb = np.zeros((0, encoder.dim), np.float32)
+            states, answer = np.zeros((0, encoder.hidden_size), np.float32), np.zeros((0, 2))
+    else:
+        q_emb = (
+            np.asarray(
+                encoder.encode_query(q_texts, instruction=instruction, show_progress_bar=show_progress_bar)
+            )
+            if q_texts
+            else np.zeros((0, encoder.dim), np.float32)
+        )
+    d_texts = [r.text for r in passages]
+    docs = {
+        space: embed_documents(encoder, d_texts, space, show_progress_bar=show_progress_bar)
+        if d_texts
+        else np.zeros((0, encoder.dim), np.float32)
+        for space in doc_spaces
+    }
+    return SafetyFeatures(
+        encoder_fingerprint=encoder.fingerprint,
+        instruction=instruction,
+        prototype=refusal_prototype(encoder),
+        queries=queries,
+        passages=passages,
+        query_embeddings=np.asarray(q_emb, dtype=np.float64),
+        answer_states=states,
+        answer_features=answer,
+        answer_token_ids=token_ids,
+        doc_embeddings={k: np.asarray(v, dtype=np.float64) for k, v in docs.items()},
+    )
+
+
+# ----------------------------------------------------------------------------- fitting
+def stratified_folds(
+    strata: Sequence[str], labels: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train / validation indices with every stratum split in the same proportion
+    (a stratum of one example trains), so the validation fold is as broad as the data."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     rng = np.random.default_rng(seed)
+    strata_arr = np.asarray(strata, dtype=object)
     train, val = [], []
-    for cls in (0, 1):
-        idx = np.flatnonzero(labels == cls)
+    for stratum in sorted(set(strata_arr.tolist())):
+        idx = np.flatnonzero(strata_arr == stratum)
         idx = idx[rng.permutation(len(idx))]
-        n_val = max(1, round(len(idx) * val_fraction))
-        if len(idx) - n_val < 1:
-            raise ValueError(f"class {cls} has {len(idx)} examples: too few to both fit and validate")
+        n_val = 0 if len(idx) < 2 else min(len(idx) - 1, max(1, round(len(idx) * val_fraction)))
         val.append(idx[:n_val])
         train.append(idx[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+    train_idx, val_idx = np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+    y = np.asarray(labels)
+    for cls in (0, 1):
+        if not (y[train_idx] == cls).any() or not (y[val_idx] == cls).any():
+            raise ValueError(f"class {cls} has too few examples to both fit and validate")
+    return train_idx, val_idx
+
+
+def _strata(rows: Sequence[Any]) -> list[str]:
+    return [f"{r.label}:{getattr(r, 'category', '') or _family(r)}" for r in rows]
+
+
+def _family(row: Any) -> str:
+    family = getattr(row, "family", None)
+    if family:
+        return str(family)
+    return "harmful" if row.label == 1 else "general"
 
 
 def fit_probe_with_threshold(
-    features: np.ndarray, labels: np.ndarray, *, max_fpr: float, val_fraction: float, seed: int
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    max_fpr: float,
+    val_fraction: float = 0.35,
+    seed: int = 0,
+    strata: Sequence[str] | None = None,
+    families: Sequence[str] | None = None,
+    min_family_size: int = MIN_FAMILY_SIZE,
 ) -> tuple[LogisticProbe, float, dict[str, Any]]:
-    """Fit on a training fold (L2 strength by validation AUC), threshold on the validation fold."""
-    train, val = _fold(labels, val_fraction, seed)
+    """Fit on a training fold (L2 strength by validation AUC), threshold on the validation
+    fold's benign examples (pooled and per family, :func:`threshold_for_families`)."""
+    labels = np.asarray(labels)
+    strata = list(strata) if strata is not None else [str(v) for v in labels]
+    families = list(families) if families is not None else ["harmful" if v else "general" for v in labels]
+    train, val = stratified_folds(strata, labels, val_fraction, seed)
     best: tuple[float, float, LogisticProbe] | None = None
     for l2 in L2_GRID:
         probe = LogisticProbe.fit(features[train], labels[train], l2=l2)
@@ -330,17 +590,159 @@ def fit_probe_with_threshold(
     assert best is not None
     auc, l2, probe = best
     val_scores = probe.score(features[val])
-    threshold = threshold_at_fpr(val_scores, labels[val], max_fpr)
+    val_families = np.asarray(families, dtype=object)[val]
+    threshold = threshold_for_families(
+        val_scores, labels[val], val_families, max_fpr, min_family_size=min_family_size
+    )
     report = {
         "auc": auc,
         "l2": l2,
         "threshold": threshold,
         "max_fpr": max_fpr,
         **precision_recall(val_scores, labels[val], threshold),
+        "family_fpr": family_fpr(val_scores, labels[val], val_families, threshold),
         "n_train": len(train),
         "n_val": len(val),
     }
     return probe, threshold, report
+
+
+def fit_gate(
+    features: SafetyFeatures,
+    query_index: np.ndarray | None = None,
+    *,
+    refusal_signal: bool = True,
+    seed: int = 0,
+    max_fpr: float = 0.02,
+    val_fraction: float = 0.35,
+    min_family_size: int = MIN_FAMILY_SIZE,
+) -> tuple[LogisticProbe, float, dict[str, Any]]:
+    """The query gate's probe and threshold from the query rows ``query_index`` selects."""
+    q_idx = (
+        np.arange(len(features.queries)) if query_index is None else np.asarray(query_index, dtype=np.int64)
+    )
+    rows = [features.queries[i] for i in q_idx]
+    labels = np.array([r.label for r in rows], dtype=np.int64)
+    if len(labels) == 0 or labels.min() == labels.max():
+        raise ValueError("calibration needs harmful and benign query examples")
+    feats = features.gate_matrix(refusal_signal, q_idx)
+    probe, threshold, report = fit_probe_with_threshold(
+        feats, labels, max_fpr=max_fpr, val_fraction=val_fraction, seed=seed,
+        strata=_strata(rows), families=[_family(r) for r in rows], min_family_size=min_family_size,
+    )  # fmt: skip
+    n_base = features.query_embeddings.shape[1] + 1
+    report["refusal_similarity_auc"] = roc_auc(feats[:, n_base - 1], labels)
+    if refusal_signal:
+        # How well the backbone's own answer start separates on its own (refusal - compliance).
+        report["refusal_signal_auc"] = roc_auc(feats[:, n_base] - feats[:, n_base + 1], labels)
+    return probe, threshold, report
+
+
+def fit_screen(
+    features: SafetyFeatures,
+    passage_index: np.ndarray | None = None,
+    *,
+    doc_spaces: Sequence[DocSpace] | None = None,
+    seed: int = 0,
+    max_fpr: float = 0.02,
+    val_fraction: float = 0.35,
+    min_family_size: int = MIN_FAMILY_SIZE,
+) -> tuple[DocSpace, LogisticProbe, float, dict[str, Any]]:
+    """The document screen from the passage rows ``passage_index`` selects: one probe per
+    space, the space with the best validation recall at the allowed FPR kept."""
+    d_idx = (
+        np.arange(len(features.passages))
+        if passage_index is None
+        else np.asarray(passage_index, dtype=np.int64)
+    )
+    rows = [features.passages[i] for i in d_idx]
+    labels = np.array([r.label for r in rows], dtype=np.int64)
+    if len(labels) == 0 or labels.min() == labels.max():
+        raise ValueError("calibration needs harmful and benign passage examples")
+    spaces = list(doc_spaces) if doc_spaces is not None else list(features.doc_embeddings)
+    reports: dict[str, Any] = {}
+    best: tuple[float, DocSpace, LogisticProbe, float] | None = None
+    for space in spaces:
+        probe, threshold, report = fit_probe_with_threshold(
+            features.doc_embeddings[space][d_idx], labels, max_fpr=max_fpr, val_fraction=val_fraction,
+            seed=seed, strata=_strata(rows), families=[_family(r) for r in rows],
+            min_family_size=min_family_size,
+        )  # fmt: skip
+        reports[space] = report
+        # Recall at the allowed FPR is what matters for the screen; AUC breaks ties.
+        key = report["recall"] + 1e-3 * report["auc"]
+        if best is None or key > best[0] + 1e-12:
+            best = (key, space, probe, threshold)
+    if best is None:
+        raise ValueError(f"doc_spaces must name at least one of {DOC_SPACES}")
+    _, space, probe, threshold = best
+    return space, probe, threshold, reports
+
+
+def fit_calibration(
+    features: SafetyFeatures,
+    *,
+    query_index: np.ndarray | None = None,
+    passage_index: np.ndarray | None = None,
+    refusal_signal: bool = True,
+    doc_spaces: Sequence[DocSpace] | None = None,
+    seed: int = 0,
+    max_fpr_query: float = 0.02,
+    max_fpr_doc: float = 0.02,
+    val_fraction: float = 0.35,
+    min_family_size: int = MIN_FAMILY_SIZE,
+) -> SafetyCalibration:
+    """Fit the gate and the screen on the rows ``query_index`` / ``passage_index`` select
+    (default: all); nothing outside them is seen, neither to fit nor to set a threshold."""
+    from .safety_data import text_digest
+
+    q_idx = (
+        np.arange(len(features.queries)) if query_index is None else np.asarray(query_index, dtype=np.int64)
+    )
+    d_idx = (
+        np.arange(len(features.passages))
+        if passage_index is None
+        else np.asarray(passage_index, dtype=np.int64)
+    )
+    common = {"seed": seed, "val_fraction": val_fraction, "min_family_size": min_family_size}
+    q_probe, q_threshold, q_report = fit_gate(
+        features, q_idx, refusal_signal=refusal_signal, max_fpr=max_fpr_query, **common
+    )
+    doc_space, doc_probe, doc_threshold, doc_reports = fit_screen(
+        features, d_idx, doc_spaces=doc_spaces, max_fpr=max_fpr_doc, **common
+    )
+    rows = [features.queries[i] for i in q_idx] + [features.passages[i] for i in d_idx]
+    digests = np.array(sorted({text_digest(r.text) for r in rows}), dtype=np.int64)
+    categories = sorted({str(getattr(r, "category", "") or "") for r in rows} - {""})
+    return SafetyCalibration(
+        encoder_fingerprint=features.encoder_fingerprint,
+        query_probe=q_probe,
+        doc_probe=doc_probe,
+        refusal_prototype=features.prototype,
+        query_threshold=q_threshold,
+        doc_threshold=doc_threshold,
+        doc_space=doc_space,
+        query_instruction=features.instruction,
+        metrics={
+            "query_gate": q_report,
+            "document_screen": doc_reports[doc_space],
+            "doc_spaces": doc_reports,
+        },
+        provenance={
+            **common,
+            "max_fpr_query": max_fpr_query,
+            "max_fpr_doc": max_fpr_doc,
+            "n_query_examples": len(q_idx),
+            "n_passage_examples": len(d_idx),
+            "categories": categories,
+            "refusal_texts": list(REFUSAL_TEXTS),
+            "refusal_openings": list(REFUSAL_OPENINGS) if refusal_signal else [],
+            "compliance_openings": list(COMPLIANCE_OPENINGS) if refusal_signal else [],
+        },
+        query_features=GATE_BASE_FEATURES + (ANSWER_FEATURES if refusal_signal else ()),
+        answer_token_ids=dict(features.answer_token_ids) if refusal_signal else {},
+        calibration_digests=digests,
+    )
 
 
 def calibrate(
@@ -352,72 +754,36 @@ def calibrate(
     max_fpr_doc: float = 0.02,
     val_fraction: float = 0.35,
     doc_spaces: Sequence[DocSpace] = DOC_SPACES,
+    refusal_signal: bool = True,
+    min_family_size: int = MIN_FAMILY_SIZE,
     show_progress_bar: bool = False,
 ) -> SafetyCalibration:
     """Fit the gate and the screen on labelled rows (default: the packaged calibration set).
 
     ``rows`` are :class:`~l2vg_retrieval.safety_data.LabelledText`-like objects with
-    ``text``, ``label`` (1 harmful) and ``kind`` ("query" or "passage"). The seed fixes the
-    train/validation folds; the fit itself is deterministic.
+    ``text``, ``label`` (1 harmful) and ``kind`` ("query" or "passage"), and optionally a
+    ``category`` and a ``family`` (benign family). The seed fixes the folds; the fit itself
+    is deterministic.
     """
-    from .safety_data import load_calibration_set, split_by_kind
+    from .safety_data import load_calibration_set
 
     rows = list(rows) if rows is not None else load_calibration_set()
-    q_texts, q_labels = split_by_kind(rows, "query")
-    d_texts, d_labels = split_by_kind(rows, "passage")
-    for name, labels in (("query", q_labels), ("passage", d_labels)):
-        if len(labels) == 0 or labels.min() == labels.max():
-            raise ValueError(f"calibration needs harmful and benign {name} examples")
-
-    prototype = refusal_prototype(encoder)
-    instruction = encoder.config.query_instruction
-    q_emb = np.asarray(
-        encoder.encode_query(q_texts, instruction=instruction, show_progress_bar=show_progress_bar)
+    for kind in ("query", "passage"):
+        labels = {r.label for r in rows if r.kind == kind}
+        if labels != {0, 1}:
+            raise ValueError(f"calibration needs harmful and benign {kind} examples")
+    features = featurize(
+        encoder,
+        rows,
+        doc_spaces=doc_spaces,
+        refusal_signal=refusal_signal,
+        show_progress_bar=show_progress_bar,
     )
-    q_feats = query_features(q_emb, prototype)
-    q_probe, q_threshold, q_report = fit_probe_with_threshold(
-        q_feats, q_labels, max_fpr=max_fpr_query, val_fraction=val_fraction, seed=seed
-    )
-    q_report["refusal_similarity_auc"] = roc_auc(q_feats[:, -1], q_labels)
-
-    doc_reports: dict[str, Any] = {}
-    best_doc: tuple[float, DocSpace, LogisticProbe, float] | None = None
-    for space in doc_spaces:
-        d_emb = embed_documents(encoder, d_texts, space, show_progress_bar=show_progress_bar)
-        probe, threshold, report = fit_probe_with_threshold(
-            d_emb, d_labels, max_fpr=max_fpr_doc, val_fraction=val_fraction, seed=seed
-        )
-        doc_reports[space] = report
-        # Recall at the allowed FPR is what matters for the screen; AUC breaks ties.
-        key = report["recall"] + 1e-3 * report["auc"]
-        if best_doc is None or key > best_doc[0] + 1e-12:
-            best_doc = (key, space, probe, threshold)
-    if best_doc is None:
-        raise ValueError(f"doc_spaces must name at least one of {DOC_SPACES}")
-    _, doc_space, doc_probe, doc_threshold = best_doc
-
-    return SafetyCalibration(
-        encoder_fingerprint=encoder.fingerprint,
-        query_probe=q_probe,
-        doc_probe=doc_probe,
-        refusal_prototype=prototype,
-        query_threshold=q_threshold,
-        doc_threshold=doc_threshold,
-        doc_space=doc_space,
-        query_instruction=instruction,
-        metrics={
-            "query_gate": q_report,
-            "document_screen": doc_reports[doc_space],
-            "doc_spaces": doc_reports,
-        },
-        provenance={
-            "seed": seed,
-            "val_fraction": val_fraction,
-            "n_query_examples": len(q_texts),
-            "n_passage_examples": len(d_texts),
-            "refusal_texts": list(REFUSAL_TEXTS),
-        },
-    )
+    return fit_calibration(
+        features, refusal_signal=refusal_signal, doc_spaces=doc_spaces, seed=seed,
+        max_fpr_query=max_fpr_query, max_fpr_doc=max_fpr_doc, val_fraction=val_fraction,
+        min_family_size=min_family_size,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- filter
@@ -449,7 +815,7 @@ class SafetyFilter:
                 f"but this encoder is {encoder.fingerprint}: probes only mean something in the "
                 "vector space they were fitted in; recalibrate with `l2vg safety calibrate`"
             )
-        expected = encoder.dim + 1
+        expected = encoder.dim + 1 + (len(ANSWER_FEATURES) if calibration.uses_refusal_signal else 0)
         if len(calibration.query_probe.weight) != expected:
             raise SafetyCalibrationError(
                 f"query probe has {len(calibration.query_probe.weight)} inputs, encoder needs {expected}"
@@ -465,15 +831,45 @@ class SafetyFilter:
         folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
         return cls(encoder, SafetyCalibration.load(folder))
 
+    @property
+    def uses_refusal_signal(self) -> bool:
+        return self.calibration.uses_refusal_signal
+
     # -- queries
-    def query_scores(self, queries: Sequence[str], *, instruction: str | None = None,
-                     embeddings: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-        """Harm probabilities of queries; ``embeddings`` (from encode_query) skips re-encoding."""
-        if embeddings is None:
-            embeddings = self.encoder.encode_query(
-                list(queries), instruction=instruction or self.calibration.query_instruction
+    def encode_queries(
+        self, queries: Sequence[str], instruction: str | None = None, *, show_progress_bar: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Query embeddings (identical to ``encode_query``'s) and, with the refusal signal, the
+        gate's answer features, from one forward pass: what a safe search should call."""
+        prompt = instruction or self.calibration.query_instruction or self.encoder.config.query_instruction
+        if not self.uses_refusal_signal:
+            emb = self.encoder.encode_query(
+                list(queries), instruction=prompt, show_progress_bar=show_progress_bar
             )
-        feats = query_features(np.atleast_2d(np.asarray(embeddings)), self.calibration.refusal_prototype)
+            return np.atleast_2d(np.asarray(emb)), None
+        emb, states = self.encoder.encode_with_answer_states(
+            list(queries), prompt=prompt, show_progress_bar=show_progress_bar
+        )
+        return np.atleast_2d(emb), answer_logprobs(self.encoder, states, self.calibration.answer_token_ids)
+
+    def answer_features(self, states: np.ndarray) -> np.ndarray:
+        """The gate's answer features from answer-position states (``encode_with_answer_states``)."""
+        return answer_logprobs(self.encoder, states, self.calibration.answer_token_ids)
+
+    def query_scores(self, queries: Sequence[str], *, instruction: str | None = None,
+                     embeddings: np.ndarray | None = None,
+                     answer_features: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """Harm probabilities of queries. ``embeddings`` (from encode_query) and, with the
+        refusal signal, ``answer_features`` skip re-encoding; given embeddings but no answer
+        features, the queries are encoded once more to read the backbone's refusal signal."""
+        answer = answer_features
+        if embeddings is None or (self.uses_refusal_signal and answer is None):
+            embeddings, answer = self.encode_queries(queries, instruction)
+        feats = query_features(
+            np.atleast_2d(np.asarray(embeddings)),
+            self.calibration.refusal_prototype,
+            answer if self.uses_refusal_signal else None,
+        )
         return self.calibration.query_probe.score(feats)
 
     def _decision(self, score: float) -> GateDecision:
@@ -481,8 +877,9 @@ class SafetyFilter:
         t = cal.query_threshold
         gate = cal.metrics.get("query_gate", {})
         nan = float("nan")
+        signal = " + the backbone's refusal signal" if self.uses_refusal_signal else ""
         basis = (
-            "probe on the generative query embedding + refusal similarity, calibrated at "
+            f"probe on the generative query embedding + refusal similarity{signal}, calibrated at "
             f"precision {gate.get('precision', nan):.3f} / recall {gate.get('recall', nan):.3f}"
             f" / benign FPR {gate.get('fpr', nan):.3f}"
         )
@@ -492,21 +889,28 @@ class SafetyFilter:
         return GateDecision(False, score, f"passed query gate: harm score {score:.4f} < threshold {t:.4f}", t)
 
     def check_query(self, query: str, instruction: str | None = None, *,
-                    embedding: np.ndarray | None = None) -> GateDecision:  # fmt: skip
+                    embedding: np.ndarray | None = None,
+                    answer_features: np.ndarray | None = None) -> GateDecision:  # fmt: skip
         if not isinstance(query, str):
             raise TypeError(f"query must be str, got {type(query).__name__}")
         if not query.strip():
             raise ValueError("query is empty or whitespace only")
         emb = None if embedding is None else np.asarray(embedding)[None, :]
-        score = float(self.query_scores([query], instruction=instruction, embeddings=emb)[0])
+        answer = None if answer_features is None else np.atleast_2d(np.asarray(answer_features))
+        score = float(
+            self.query_scores([query], instruction=instruction, embeddings=emb, answer_features=answer)[0]
+        )
         return self._decision(score)
 
     def check_queries(self, queries: Sequence[str], instruction: str | None = None, *,
-                      embeddings: np.ndarray | None = None) -> list[GateDecision]:  # fmt: skip
+                      embeddings: np.ndarray | None = None,
+                      answer_features: np.ndarray | None = None) -> list[GateDecision]:  # fmt: skip
         if not queries:
             return []
-        return [self._decision(float(s)) for s in self.query_scores(queries, instruction=instruction,
-                                                                      embeddings=embeddings)]  # fmt: skip
+        scores = self.query_scores(
+            queries, instruction=instruction, embeddings=embeddings, answer_features=answer_features
+        )
+        return [self._decision(float(s)) for s in scores]
 
     # -- documents
     def document_scores(self, texts: Sequence[str], *, embeddings: np.ndarray | None = None) -> np.ndarray:

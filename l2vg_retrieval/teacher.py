@@ -25,6 +25,14 @@ class TeacherEncoder:
         self.teacher.model.to(self.device)
         self.name = f"teacher:{self.teacher.name}"
         self._lock = threading.RLock()
+        # An LLM2Vec teacher (a bidirectional decoder LM) embeds through its own encoder.
+        self.llm2vec: Any = None
+        from .llm2vec.checkpoint import LoadedLLM2Vec
+
+        if isinstance(self.teacher, LoadedLLM2Vec):
+            from .llm2vec.encoder import LLM2VecEncoder
+
+            self.llm2vec = LLM2VecEncoder(self.teacher, device=self.device, dtype=torch.float32)
 
     @property
     def dim(self) -> int:
@@ -50,6 +58,16 @@ class TeacherEncoder:
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
     ) -> Any:
+        if self.llm2vec is not None:
+            return self.llm2vec.encode(
+                texts,
+                prompt=prompt,
+                batch_size=batch_size,
+                normalize_embeddings=normalize_embeddings,
+                show_progress_bar=show_progress_bar,
+                convert_to_numpy=convert_to_numpy,
+                convert_to_tensor=convert_to_tensor,
+            )
         return encode_texts(
             texts,
             dim=self.dim,

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 
 from l2vg_retrieval.bench.bright import (
+    K_VALUES,
     BrightFormatError,
+    instruction_for,
     load_local,
     load_source,
     run_bright,
     run_domain,
 )
 from l2vg_retrieval.bench.lineup import BM25Retriever, bm25_tokenize, build_retrievers
+from l2vg_retrieval.bench.metrics import evaluate_run
 from l2vg_retrieval.encoder import L2VGEncoder
 
 
@@ -91,7 +94,7 @@ def test_format_errors_are_clear(tmp_path: Path) -> None:
 
 
 def test_reads_hub_snapshot_parquet(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # comes with mteb (the bench extra)
     import pyarrow.parquet as pq
 
     for kind, rows in (("examples", EXAMPLES), ("documents", DOCS)):
@@ -142,8 +145,37 @@ def test_lineup_end_to_end_on_tiny_encoder(tiny_encoder: L2VGEncoder) -> None:
     result = run_bright(domains, retrievers, max_queries=3, subset_queries=1)
     assert set(result["mean"]) == set(retrievers) - {"generate-then-encode"}
     assert set(result["subset_mean"]) == set(retrievers)
-    for metrics in result["mean"].values():
-        assert 0.0 <= metrics["ndcg@10"] <= 1.0
+    # Each dense model's reported metrics are exactly BRIGHT's metrics on its own cosine
+    # scores, computed here from the encoders directly (same batches, so same floats).
+    teacher = tiny_encoder.teacher
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    for domain in domains:
+        examples = domain.examples[:3]
+        queries, docs = [e["query"] for e in examples], [d["content"] for d in domain.documents]
+        l2vg_q = tiny_encoder.encode_query(queries, instruction=instruction_for(domain.name), batch_size=16)
+        sides = {
+            "teacher": (teacher.encode(queries, batch_size=16), teacher.encode(docs, batch_size=16)),
+            "l2vg-teacher-docs": (l2vg_q, teacher.encode(docs, batch_size=16)),
+            "l2vg-gen-docs": (l2vg_q, tiny_encoder.encode_document(docs, batch_size=16)),
+        }
+        doc_ids = [d["id"] for d in domain.documents]
+        qrels = {e["id"]: {g: 1 for g in e["gold_ids"]} for e in examples}
+        excluded = {e["id"]: e["excluded_ids"] for e in examples}
+        for key, (q, d) in sides.items():
+            scores = unit(q) @ unit(d).T
+            run = {
+                e["id"]: dict(zip(doc_ids, map(float, row), strict=True))
+                for e, row in zip(examples, scores, strict=True)
+            }
+            expected = evaluate_run(run, qrels, excluded, k_values=K_VALUES)
+            assert result["domains"][domain.name][key] == pytest.approx(expected), (domain.name, key)
+    for key, row in result["mean"].items():
+        per_domain = [result["domains"][d.name][key]["ndcg@10"] for d in domains]
+        assert row["ndcg@10"] == pytest.approx(np.mean(per_domain))
     # The two L2VG variants share the query side; only documents differ.
     gen, tea = retrievers["l2vg-gen-docs"], retrievers["l2vg-teacher-docs"]
     assert gen.query_cache is tea.query_cache

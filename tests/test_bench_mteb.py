@@ -13,17 +13,19 @@ from l2vg_retrieval.bench.mteb_suite import (
     LOCAL_TASKS,
     build_task,
     evaluate_model,
+    gensim_test_data,
     lee_sts_pairs,
     polarity_sentences,
     run_suite,
 )
 from l2vg_retrieval.encoder import L2VGEncoder
 
-# gensim is a carrier of data files only (installed --no-deps, never imported).
-if importlib.util.find_spec("gensim") is None:
-    pytest.skip(
-        "the suite reads gensim's test data: pip install --no-deps gensim==4.4.0", allow_module_level=True
-    )
+
+def test_the_suite_data_is_installed() -> None:
+    """gensim carries the STS and classification data (never imported); the bench extra (and
+    so dev) installs it. Missing, every reader fails with MissingDataError naming the step."""
+    assert importlib.util.find_spec("gensim") is not None, "pip install -e '.[dev]' (or make install-dev)"
+    assert (gensim_test_data() / "lee.cor").is_file()
 
 
 def test_lee_pairs_and_polarity() -> None:
@@ -64,6 +66,42 @@ def test_retrieval_task_through_mteb_scores_oracle_perfectly() -> None:
         DenseRetriever("oracle", OracleEncoder()), [build_task("L2VGReasoningRetrieval", 8)]
     )
     assert scores == {"L2VGReasoningRetrieval": pytest.approx(1.0)}
+
+
+class LabelOracle:
+    """Embeds a text as the one-hot vector of its gold label: perfect for classification and
+    clustering, so mteb must report accuracy 1 and V-measure 1 unless the task's texts and
+    labels are misaligned."""
+
+    def __init__(self, label_of: dict[str, object]) -> None:
+        self.label_of = label_of
+        self.labels = sorted({str(v) for v in label_of.values()})
+        self.dim = len(self.labels)
+
+    def encode_query(self, texts: list[str], **kwargs: object) -> np.ndarray:
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for row, text in enumerate(texts):
+            out[row, self.labels.index(str(self.label_of[text]))] = 1.0
+        return out
+
+    encode_document = encode_query
+
+
+def test_classification_and_clustering_through_mteb_score_a_label_oracle_perfectly() -> None:
+    polarity = dict(polarity_sentences())
+    posts = {e["query"]: d.name for d in load_source("offline") for e in d.examples}
+    scores = evaluate_model(
+        DenseRetriever("oracle", LabelOracle({**polarity, **posts})),
+        [build_task("L2VGPolarityClassification", 24), build_task("L2VGReasoningDomainClustering", 16)],
+    )
+    assert scores == {
+        "L2VGPolarityClassification": pytest.approx(1.0),
+        "L2VGReasoningDomainClustering": pytest.approx(1.0),
+    }
+    # And a model that knows nothing (every text the same vector) is at chance, not at 1.
+    blind = LabelOracle(dict.fromkeys([*polarity, *posts], "same"))
+    chance = evaluate_model(DenseRetriever("blind", blind), [build_task("L2VGPolarityClassification", 24)])
+    assert chance["L2VGPolarityClassification"] == pytest.approx(0.5)
 
 
 def test_unknown_local_task_is_an_error() -> None:

@@ -12,7 +12,6 @@ from conftest import build_tiny_encoder, loop_ticks_during
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
-from l2vg_retrieval.encoder import DEFAULT_CHECKPOINT
 from l2vg_retrieval.langchain import L2VGEmbeddings
 
 
@@ -42,9 +41,6 @@ class TestL2VGEmbeddingsIntegration(EmbeddingsIntegrationTests):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not DEFAULT_CHECKPOINT.is_dir(), reason="the packaged default checkpoint is not trained yet"
-)
 class TestL2VGEmbeddingsIntegrationDefaultModel(EmbeddingsIntegrationTests):
     """The same suite on the real packaged encoder, loaded by name like a user would."""
 

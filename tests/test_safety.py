@@ -1,5 +1,7 @@
-"""Safety mode: probe and thresholds, calibration storage and determinism, the document
-screen inside a real (local-mode) Qdrant collection, and the trained default's gate."""
+"""Safety mode: probe and thresholds (pooled and per benign family), calibration storage
+and determinism, the backbone's refusal signal read in the encoding pass, user data through
+the CLI, the document screen inside a real (local-mode) Qdrant collection, and the trained
+default's gate."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 from l2vg_retrieval.safety import (
+    ANSWER_FEATURES,
     HARM_FLAG_KEY,
     HARM_SCORE_KEY,
     SAFETY_FILE,
@@ -19,14 +22,28 @@ from l2vg_retrieval.safety import (
     SafetyCalibration,
     SafetyCalibrationError,
     SafetyFilter,
+    _family,
+    _strata,
+    answer_logprobs,
+    answer_token_ids,
     calibrate,
     embed_documents,
+    featurize,
+    fit_calibration,
     precision_recall,
     refusal_prototype,
     roc_auc,
+    stratified_folds,
     threshold_at_fpr,
+    threshold_for_families,
 )
-from l2vg_retrieval.safety_data import HARMFUL_OFFLINE_DIR, LabelledText, chunk_words, load_calibration_set
+from l2vg_retrieval.safety_data import (
+    LabelledText,
+    chunk_words,
+    load_benchmark_set,
+    load_calibration_set,
+    text_digest,
+)
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -61,19 +78,46 @@ def test_threshold_respects_the_false_positive_budget() -> None:
         threshold_at_fpr(scores, labels, 1.0)
 
 
+def test_threshold_holds_every_large_benign_family_not_only_the_pool() -> None:
+    # 200 general benign at 0.1, 50 technical with 5 at 0.9, harmful at 0.95: a pooled 2%
+    # budget (5 of 250) would let the technical family pay 10%.
+    scores = np.r_[np.full(200, 0.1), np.full(45, 0.2), np.full(5, 0.9), np.full(20, 0.95)]
+    labels = np.r_[np.zeros(250), np.ones(20)].astype(int)
+    families = ["general"] * 200 + ["technical"] * 50 + ["harmful"] * 20
+    pooled = threshold_at_fpr(scores, labels, 0.02)
+    technical = np.array(families) == "technical"
+    assert pooled < 0.21 and (scores[technical] >= pooled).mean() == pytest.approx(0.1)
+    t = threshold_for_families(scores, labels, families, 0.02, min_family_size=50)
+    assert 0.9 < t <= 0.95
+    assert (scores[technical] >= t).mean() <= 0.02 and precision_recall(scores, labels, t)["recall"] == 1.0
+    # A family too small to measure 2% on counts only in the pool.
+    assert threshold_for_families(scores, labels, families, 0.02, min_family_size=51) == pooled
+
+
+def test_folds_are_stratified_and_seeded() -> None:
+    strata = ["1:a"] * 10 + ["1:b"] * 4 + ["0:x"] * 20 + ["0:y"] * 1
+    labels = np.array([1] * 14 + [0] * 21)
+    train, val = stratified_folds(strata, labels, 0.35, seed=0)
+    assert not set(train) & set(val) and len(train) + len(val) == len(strata)
+    got = {s: sum(strata[i] == s for i in val) for s in set(strata)}
+    assert got == {"1:a": 4, "1:b": 1, "0:x": 7, "0:y": 0}  # every stratum in proportion
+    assert np.array_equal(val, stratified_folds(strata, labels, 0.35, seed=0)[1])
+    assert not np.array_equal(val, stratified_folds(strata, labels, 0.35, seed=1)[1])
+    with pytest.raises(ValueError, match="too few"):
+        stratified_folds(["1:a", "0:x", "0:x"], np.array([1, 0, 0]), 0.5, seed=0)
+
+
 def test_packaged_calibration_set_is_labelled_and_disjoint_from_the_benchmark() -> None:
     rows = load_calibration_set()
     kinds = {(r.kind, r.label) for r in rows}
     assert kinds == {("query", 0), ("query", 1), ("passage", 0), ("passage", 1)}
-    from l2vg_retrieval.bench.harmful import load_advbench_ir
+    from l2vg_retrieval.bench.harmful import load_advbench_ir, offline_folder
 
-    bench = load_advbench_ir(HARMFUL_OFFLINE_DIR / "benchmark")
-    bench_texts = (
-        set(bench.corpus.values()) | set(bench.harmful_queries.values()) | set(bench.benign_queries.values())
-    )
+    bench = load_advbench_ir(offline_folder())
     assert bench.harmful_ids and bench.benign_qrels
-    overlap = {r.text for r in rows} & bench_texts
+    overlap = {r.text for r in rows} & set(bench.all_texts())
     assert not overlap, f"calibration and benchmark share {len(overlap)} texts"
+    assert not {r.text for r in rows} & {r.text for r in load_benchmark_set()}
 
 
 def test_chunking_keeps_every_word() -> None:
@@ -86,13 +130,14 @@ def test_chunking_keeps_every_word() -> None:
 
 
 # ----------------------------------------------------------------------------- tiny encoder
-def _small_rows(n: int = 24) -> list[LabelledText]:
-    """A balanced slice of the packaged set: keeps tiny-encoder calibration to a second."""
+def _small_rows(n: int = 12) -> list[LabelledText]:
+    """A slice of the packaged set over every kind, label and benign family: keeps
+    tiny-encoder calibration to seconds."""
     rows = load_calibration_set()
     out: list[LabelledText] = []
     for kind in ("query", "passage"):
-        for label in (0, 1):
-            out += [r for r in rows if r.kind == kind and r.label == label][:n]
+        for family in ("harmful", "lookalike", "technical", "general"):
+            out += [r for r in rows if r.kind == kind and r.family == family][:n]
     return out
 
 
@@ -112,10 +157,177 @@ def test_calibration_is_deterministic_for_a_seed(tiny_encoder: Any, tmp_path: Pa
     for key in ("query_gate", "document_screen"):
         m = a.metrics[key]
         assert 0.0 <= m["precision"] <= 1.0 and 0.0 <= m["recall"] <= 1.0 and m["fpr"] <= 0.02 + 1e-9
+    # Every calibration text is recorded (as a digest), so a benchmark can prove it is unseen.
+    assert set(a.calibration_digests.tolist()) == {text_digest(r.text) for r in rows}
+
+
+def test_thresholds_respect_the_benign_fpr_on_the_validation_fold(tiny_encoder: Any) -> None:
+    rows = _small_rows(14)
+    features = featurize(tiny_encoder, rows)
+    cal = fit_calibration(features, seed=1, max_fpr_query=0.02, max_fpr_doc=0.02, min_family_size=3)
+    checks = (
+        (features.queries, features.gate_matrix(True), cal.query_probe, cal.query_threshold),
+        (features.passages, features.doc_embeddings[cal.doc_space], cal.doc_probe, cal.doc_threshold),
+    )
+    for rows_, matrix, probe, threshold in checks:
+        labels = np.array([r.label for r in rows_])
+        _, val = stratified_folds(_strata(rows_), labels, 0.35, seed=1)
+        scores = probe.score(matrix[val])
+        benign = labels[val] == 0
+        assert (scores[benign] >= threshold).mean() <= 0.02
+        families = np.array([_family(rows_[i]) for i in val])
+        for family in set(families[benign]):
+            mask = benign & (families == family)
+            if mask.sum() >= 3:  # every family large enough to count holds the budget on its own
+                assert (scores[mask] >= threshold).mean() <= 0.02, family
+
+
+# ----------------------------------------------------------------------------- refusal signal
+def test_answer_state_is_the_backbones_next_token_distribution(tiny_encoder: Any) -> None:
+    import torch
+
+    texts = ["how do I bake bread at home?", "what is the capital of France? Paris is the capital", "fox"]
+    prompt = tiny_encoder.config.query_instruction
+    emb, states = tiny_encoder.encode_with_answer_states(texts, prompt=prompt, batch_size=2)
+    # The embedding is exactly what plain encoding gives (same pass, nothing changed).
+    assert np.allclose(emb, tiny_encoder.encode(texts, prompt=prompt), atol=1e-5)
+    head = tiny_encoder.lm.get_output_embeddings()
+    for text, state in zip(texts, states, strict=True):
+        ids = tiny_encoder.tokenize([text], prompt)[0]
+        with torch.no_grad():
+            full = tiny_encoder.lm(input_ids=torch.tensor([ids])).logits[0, -1]
+            from_state = head(torch.from_numpy(state))
+        assert torch.allclose(torch.log_softmax(full, -1), torch.log_softmax(from_state, -1), atol=1e-4)
+    single_emb, single_state = tiny_encoder.encode_with_answer_states(texts[2], prompt=prompt)
+    assert single_emb.shape == (tiny_encoder.dim,) and np.allclose(single_state, states[2], atol=1e-5)
+
+
+def test_answer_states_come_from_the_adapted_encoding_pass_with_an_encoder_lora() -> None:
+    import torch
+    from conftest import build_tiny_encoder
+
+    from l2vg_retrieval.config import EncoderLoraConfig
+
+    enc = build_tiny_encoder(encoder_lora=EncoderLoraConfig(r=4, alpha=8.0))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in enc.adapter.parameters():  # type: ignore[union-attr]
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    enc.clear_caches()
+    texts, prompt = ["how do I bake bread at home?", "fox"], enc.config.query_instruction
+    emb, states = enc.encode_with_answer_states(texts, prompt=prompt)
+    assert np.allclose(emb, enc.encode(texts, prompt=prompt), atol=1e-5)
+    ids = enc.tokenize(texts[:1], prompt)[0]
+    with torch.no_grad():
+        bare = enc.lm.get_decoder()(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+    assert not np.allclose(states[0], bare.numpy(), atol=1e-3)  # the adapter acted in that pass
+
+
+def test_refusal_signal_is_read_in_the_same_forward_pass(tiny_encoder: Any) -> None:
+    calls = {"body": 0, "head": 0}
+    body = tiny_encoder.lm.get_decoder()
+    hooks = [
+        body.register_forward_hook(lambda *_: calls.__setitem__("body", calls["body"] + 1)),
+        tiny_encoder.lm.get_output_embeddings().register_forward_hook(
+            lambda *_: calls.__setitem__("head", calls["head"] + 1)
+        ),
+    ]
+    texts = ["how do I bake bread at home?", "the quick brown fox jumps over the lazy dog"]
+    prompt = tiny_encoder.config.query_instruction
+    try:
+        tiny_encoder.encode(texts, prompt=prompt)  # fills the prefix cache
+        calls.update(body=0, head=0)
+        tiny_encoder.encode(texts, prompt=prompt)
+        plain = dict(calls)
+        calls.update(body=0, head=0)
+        tiny_encoder.encode_with_answer_states(texts, prompt=prompt)
+        with_signal = dict(calls)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert plain == {"body": with_signal["body"], "head": 0}  # plain encode never runs the LM head
+    assert with_signal["head"] == 0  # states come out of the encoding pass; the head runs in the gate
+
+
+def test_refusal_feature_changes_the_gate_input(tiny_encoder: Any) -> None:
+    rows = _small_rows(8)
+    with_signal = calibrate(tiny_encoder, rows, doc_spaces=("teacher",))
+    without = calibrate(tiny_encoder, rows, doc_spaces=("teacher",), refusal_signal=False)
+    dim = tiny_encoder.dim
+    assert len(with_signal.query_probe.weight) == dim + 1 + len(ANSWER_FEATURES)
+    assert len(without.query_probe.weight) == dim + 1 and not without.uses_refusal_signal
+    assert with_signal.answer_token_ids == answer_token_ids(tiny_encoder.tokenizer)
+    gate = SafetyFilter(tiny_encoder, with_signal)
+    query = ["how do I bake bread at home?"]
+    emb, answer = gate.encode_queries(query)
+    assert answer is not None and answer.shape == (1, len(ANSWER_FEATURES)) and np.all(answer < 0)
+    _, states = tiny_encoder.encode_with_answer_states(query, prompt=with_signal.query_instruction)
+    assert np.allclose(answer, answer_logprobs(tiny_encoder, states, with_signal.answer_token_ids))
+    base = gate.query_scores(query, embeddings=emb, answer_features=answer)
+    shifted = gate.query_scores(query, embeddings=emb, answer_features=answer + np.array([[4.0, -4.0]]))
+    assert abs(float(base[0] - shifted[0])) > 1e-6  # the probe reads the refusal inputs
+    # An embedding alone is not enough: the gate reads the refusal signal itself.
+    assert np.allclose(gate.query_scores(query, embeddings=emb), base)
+    assert gate.check_query(query[0]).score == pytest.approx(float(base[0]))
+
+
+def test_version_1_calibrations_still_load(tiny_encoder: Any, tmp_path: Path) -> None:
+    cal = calibrate(tiny_encoder, _small_rows(6), doc_spaces=("teacher",), refusal_signal=False)
+    cal.save(tmp_path)
+    meta = json.loads((tmp_path / SAFETY_FILE).read_text())
+    meta["format_version"] = 1
+    for key in ("query_features", "answer_token_ids"):
+        meta.pop(key)
+    (tmp_path / SAFETY_FILE).write_text(json.dumps(meta))
+    loaded = SafetyFilter.from_encoder(tiny_encoder, tmp_path)
+    assert not loaded.uses_refusal_signal
+    assert loaded.check_query("bread").score == pytest.approx(
+        SafetyFilter(tiny_encoder, cal).check_query("bread").score
+    )
+
+
+def test_cli_calibrate_takes_the_users_own_labelled_data(
+    tiny_encoder: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from l2vg_retrieval import cli
+    from l2vg_retrieval.cli import app
+
+    monkeypatch.setattr(cli, "load_encoder", lambda model, dtype="auto", document_mode=None: tiny_encoder)
+    # Only text, label and kind: the format a user is most likely to have.
+    mine = [
+        {"text": f"please tell me how to hurt person number {i}", "label": 1, "kind": "query"}
+        for i in range(8)
+    ]
+    mine += [
+        {"text": f"what time does the library open on day {i}?", "label": 0, "kind": "query"}
+        for i in range(8)
+    ]
+    mine += [{"text": f"Step {i}: here is exactly how to hurt them badly.", "label": 1, "kind": "passage"}
+             for i in range(8)]  # fmt: skip
+    mine += [
+        {"text": f"The library opens at {i} am on weekdays.", "label": 0, "kind": "passage"} for i in range(8)
+    ]
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in mine))
+    out = tmp_path / "ckpt"
+    result = CliRunner().invoke(
+        app, ["safety", "calibrate", "--data", str(data), "--out", str(out), "--no-refusal-signal", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    saved = SafetyCalibration.load(out)
+    assert saved.provenance["data"] == str(data) and saved.provenance["n_query_examples"] == 16
+    assert set(saved.calibration_digests.tolist()) == {text_digest(r["text"]) for r in mine}
+    assert not saved.uses_refusal_signal
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "x", "label": 3, "kind": "query"}) + "\n")
+    failed = CliRunner().invoke(app, ["safety", "calibrate", "--data", str(bad), "--out", str(out)])
+    assert failed.exit_code != 0 and "label must be 0/1" in " ".join(failed.output.split())
 
 
 def test_calibration_roundtrip_and_errors(tiny_encoder: Any, tmp_path: Path) -> None:
-    cal = calibrate(tiny_encoder, _small_rows(12), seed=0, doc_spaces=("teacher",))
+    cal = calibrate(tiny_encoder, _small_rows(8), seed=0, doc_spaces=("teacher",))
     cal.save(tmp_path)
     gate = SafetyFilter.from_encoder(tiny_encoder, tmp_path)
     loaded = gate.calibration
@@ -147,7 +359,7 @@ def test_calibration_roundtrip_and_errors(tiny_encoder: Any, tmp_path: Path) -> 
 
 
 def test_calibration_needs_both_labels(tiny_encoder: Any) -> None:
-    rows = [r for r in _small_rows(6) if not (r.kind == "passage" and r.label == 1)]
+    rows = [r for r in _small_rows(3) if not (r.kind == "passage" and r.label == 1)]
     with pytest.raises(ValueError, match="harmful and benign passage"):
         calibrate(tiny_encoder, rows)
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_backbone, build_tiny_encoder, build_tiny_teacher
+from conftest import build_tiny_backbone, build_tiny_encoder, build_tiny_teacher, write_tiny_train_config
 
 from l2vg_retrieval.training.config import ConfigFileError, TrainConfig, load_train_config
 from l2vg_retrieval.training.responses import generate_response_cache, read_cache
@@ -76,9 +81,18 @@ def test_resume_gives_the_same_next_step_as_an_uninterrupted_run(tmp_path: Path)
     first.save_checkpoint()
     first.train_step()  # work after the checkpoint that the "crash" loses
     resumed = Trainer(build_tiny_encoder(), _examples(build_tiny_encoder()), config_b)
-    resumed.run(show_progress_bar=False)
+    taken: list[int] = []
+    step_once = resumed.train_step
+
+    def counted_step() -> tuple[float | None, float]:
+        taken.append(resumed.step)
+        return step_once()
+
+    resumed.train_step = counted_step  # type: ignore[method-assign]
+    result = resumed.run(show_progress_bar=False)
 
     assert resumed.step == full.step == 6
+    assert result.resumed_from_step == 3 and taken == [3, 4, 5], "resumes at the checkpoint, not at 0"
     for key, value in full.encoder.trainable_state().items():
         assert torch.allclose(value, resumed.encoder.trainable_state()[key], atol=1e-6), key
     steps = [
@@ -164,6 +178,15 @@ def test_config_paths_resolve_relative_to_the_file(tmp_path: Path) -> None:
     config = load_train_config(path)
     assert config.output_dir == (tmp_path / "sub" / "run").resolve()
     assert config.data.train_queries == (tmp_path / "sub" / "q.jsonl").resolve()
+    # Short names and hub ids pass through; a model folder written './x' is a path like the rest.
+    assert (config.encoder.backbone, config.encoder.teacher) == ("smollm2-135m-instruct", "all-minilm-l6-v2")
+    path.write_text(
+        "output_dir: run\ndata:\n  train_queries: q.jsonl\n"
+        "encoder:\n  backbone: ./models/lm\n  teacher: HuggingFaceTB/some-teacher\n"
+    )
+    config = load_train_config(path)
+    assert config.encoder.backbone == str((tmp_path / "sub" / "models" / "lm").resolve())
+    assert config.encoder.teacher == "HuggingFaceTB/some-teacher"
 
 
 def test_both_loss_weights_zero_is_refused(tmp_path: Path) -> None:
@@ -273,3 +296,256 @@ def test_refit_keeps_the_sgd_head_when_the_solve_is_worse_on_validation() -> Non
     changed = any(not torch.equal(v, state[k]) for k, v in head.items())
     assert changed == info["kept_refit"]
     assert info["kept_refit"] == (info["validation_cosine_ridge_head"] > info["validation_cosine_sgd_head"])
+
+
+# ---------------------------------------------------------------- the whole pipeline, killed and resumed
+PIPELINE_STEPS = 12
+RESPONSE_BATCH = 4
+
+
+def _write_pipeline_config(folder: Path, model_dirs: tuple[Path, Path], **top: object) -> Path:
+    return write_tiny_train_config(folder, model_dirs, **top)
+
+
+def _loss_steps(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "loss_log.jsonl").read_text().splitlines()]
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dirs: tuple[Path, Path]
+) -> tuple[Path, dict]:
+    """run_training from start to end in one go, in this process (baselines included)."""
+    from l2vg_retrieval.training.pipeline import run_training
+
+    config_path = _write_pipeline_config(tmp_path_factory.mktemp("uninterrupted"), tiny_model_dirs)
+    threads = torch.get_num_threads()
+    # One thread, as in the subprocesses below (same arithmetic order), and a tiny model only
+    # loses time to a second thread when the cores are shared.
+    torch.set_num_threads(1)
+    try:
+        summary = run_training(load_train_config(config_path), show_progress_bar=False)
+    finally:
+        torch.set_num_threads(threads)
+    return config_path.parent / "run", summary
+
+
+def test_run_training_end_to_end_writes_every_stage(uninterrupted_run: tuple[Path, dict]) -> None:
+    from l2vg_retrieval.encoder import L2VGEncoder
+
+    run, summary = uninterrupted_run
+    # Responses: one row per train and held-out query, nothing twice.
+    responses = [json.loads(line) for line in (run / "responses.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in responses) == [f"q{i:02d}" for i in range(20)]
+    assert all(r["n_tokens"] <= 6 for r in responses)
+    # Targets: one teacher vector per response, unit length (the teacher normalises).
+    targets = load_targets(run / "targets.safetensors")
+    assert set(targets) == {r["id"] for r in responses}
+    assert all(abs(float(v.norm()) - 1.0) < 1e-4 for _, v in targets.values())
+    # Steps: every step once, alignment-only first, checkpoints on the schedule.
+    log = [json.loads(line) for line in (run / "loss_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, PIPELINE_STEPS + 1))
+    assert [r["recon"] is None for r in log] == [True] * 4 + [False] * 8
+    assert [r["step"] for r in log if "eval" in r] == [4, 8, 12]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"step-{s:07d}" for s in (3, 6, 9, 12)]
+    assert summary["steps"] == PIPELINE_STEPS and summary["resumed_from_step"] is None
+    assert summary["train_examples"] == 16 and summary["heldout_queries"] == 4
+    # Refit: ran over the training examples with both prompts.
+    assert summary["refit"]["refit_rows"] == 32
+    # Evaluation: the trained model, the SGD head before the refit, and the baselines.
+    heldout = json.loads((run / "heldout_eval.json").read_text())
+    assert set(heldout["models"]) == {
+        "l2vg-trained",
+        "l2vg-trained (SGD head, before refit)",
+        "l2vg-untrained",
+        "input-centric",
+        "teacher(query)",
+    }
+    assert len(heldout["decoded"]) == 4
+    assert "| l2vg-trained |" in (run / "heldout_eval.md").read_text()
+    assert json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    # The final checkpoint loads through the public API and records the run.
+    final = L2VGEncoder.from_pretrained(run / "final", dtype="float32")
+    assert final.config.encoder_lora is not None
+    assert final.encode_query("what is a light year?").shape == (32,)
+    meta = json.loads((run / "final" / "l2vg_config.json").read_text())
+    assert meta["training"]["steps"] == PIPELINE_STEPS
+
+
+_STALLING_TRAIN = textwrap.dedent(
+    """
+    import sys, time
+    from l2vg_retrieval.training import responses, trainer
+
+    where = sys.argv[1]
+
+    def stall():
+        print("stalled", flush=True)
+        time.sleep(600)
+
+    if where == "responses":  # hang in the second response batch: the first is on disk
+        real_generate = responses.generate_responses
+        calls = []
+
+        def generate(*args, **kwargs):
+            if calls:
+                stall()
+            calls.append(1)
+            return real_generate(*args, **kwargs)
+
+        responses.generate_responses = generate
+    else:  # hang before optimiser step N+1: steps 1..N are logged, N itself not checkpointed
+        at = int(where)
+        real_step = trainer.Trainer.train_step
+
+        def train_step(self):
+            if self.step == at:
+                stall()
+            return real_step(self)
+
+        trainer.Trainer.train_step = train_step
+
+    from l2vg_retrieval.cli import main
+
+    sys.argv = ["l2vg", *sys.argv[2:]]
+    main()
+    """
+)
+
+
+_ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _train_until_stalled_then_kill(config_path: Path, where: str) -> None:
+    """`l2vg train` in a subprocess, SIGKILLed once it reports it is stalled at ``where``."""
+    err_path = config_path.parent / f"stderr-{where}.txt"
+    err = err_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STALLING_TRAIN, where, "train", str(config_path), "--no-baselines"],
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+        env=_ONE_THREAD,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.strip() != "stalled":
+            pytest.fail(f"the run did not stall as planned: {line!r}\n{err_path.read_text()[-3000:]}")
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=120)
+        err.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.timeout(600)
+def test_killed_training_resumes_at_its_checkpoint_with_the_uninterrupted_result(
+    tmp_path: Path, tiny_model_dirs: tuple[Path, Path], uninterrupted_run: tuple[Path, dict]
+) -> None:
+    config_path = _write_pipeline_config(tmp_path, tiny_model_dirs)
+    run = tmp_path / "run"
+
+    # 1. Killed while generating responses: exactly the first batch survives.
+    _train_until_stalled_then_kill(config_path, "responses")
+    first_batch = (run / "responses.jsonl").read_text()
+    assert len(first_batch.splitlines()) == RESPONSE_BATCH
+    assert not (run / "checkpoints").exists()
+
+    # 2. Rerun, killed after the step-3 checkpoint with step 4 logged but not checkpointed.
+    _train_until_stalled_then_kill(config_path, "4")
+    responses = (run / "responses.jsonl").read_text()
+    assert responses.startswith(first_batch), "responses already on disk must not be redone"
+    ids = [json.loads(line)["id"] for line in responses.splitlines()]
+    assert sorted(ids) == [f"q{i:02d}" for i in range(20)], "every response exactly once"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000003"]
+    assert _loss_steps(run) == [1, 2, 3, 4]
+    kept_lines = (run / "loss_log.jsonl").read_text().splitlines()[:3]
+
+    # 3. Rerun through the real entry point: continues from step 3, redoes the lost step 4.
+    entry_point = "from l2vg_retrieval.cli import main; main()"
+    done = subprocess.run(
+        [sys.executable, "-c", entry_point, "train", str(config_path), "--no-baselines"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_ONE_THREAD,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["resumed_from_step"] == 3 and summary["steps"] == PIPELINE_STEPS
+    assert _loss_steps(run) == list(range(1, PIPELINE_STEPS + 1)), "no duplicate or missing step"
+    assert (run / "loss_log.jsonl").read_text().splitlines()[:3] == kept_lines
+    assert (run / "responses.jsonl").read_text() == responses, "nothing generated twice"
+
+    # The interrupted run ends exactly where the uninterrupted one does.
+    reference, reference_summary = uninterrupted_run
+    assert (run / "responses.jsonl").read_text().count("\n") == 20
+    assert read_cache(run / "responses.jsonl") == read_cache(reference / "responses.jsonl")
+    reference_log = [json.loads(line) for line in (reference / "loss_log.jsonl").read_text().splitlines()]
+    resumed_log = [json.loads(line) for line in (run / "loss_log.jsonl").read_text().splitlines()]
+    for ours, theirs in zip(resumed_log, reference_log, strict=True):
+        assert (ours["recon"], ours["align"], ours["lr"]) == (theirs["recon"], theirs["align"], theirs["lr"])
+    for folder in ("checkpoints/step-0000012", "final"):
+        ours, theirs = _weights(run / folder), _weights(reference / folder)
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert torch.equal(ours[key], theirs[key]), f"{folder}: {key} differs"
+    assert summary["refit"]["kept_refit"] == reference_summary["refit"]["kept_refit"]
+
+
+# ---------------------------------------------------------------- frozen means frozen
+def _backbone_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The base weights by their original names (a LoRA wraps them as '...base_layer...')."""
+    return {
+        k.replace(".base_layer", ""): v.detach().clone()
+        for k, v in model.state_dict().items()
+        if "lora_" not in k
+    }
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8.0}], ids=["frozen-encoder", "encoder-lora"])
+def test_trainer_run_leaves_every_backbone_tensor_bit_identical(tmp_path: Path, lora: dict | None) -> None:
+    from l2vg_retrieval.config import EncoderConfig, EncoderLoraConfig
+    from l2vg_retrieval.encoder import L2VGEncoder
+
+    backbone = build_tiny_backbone()
+    # As a user's own from_pretrained model arrives: trainable. The encoder must freeze it.
+    backbone.model.requires_grad_(True)
+    before = _backbone_tensors(backbone.model)
+    config = EncoderConfig(
+        backbone="tiny-random-llama",
+        teacher="tiny-random-bert",
+        n_thought=2,
+        n_compression=3,
+        max_text_tokens=64,
+        encoder_lora=EncoderLoraConfig(**lora) if lora else None,
+    )
+    encoder = L2VGEncoder(
+        config, backbone, teacher_dim=32, teacher=build_tiny_teacher(), device="cpu", dtype="float32"
+    )
+    frozen = [n for n, p in encoder.lm.named_parameters() if "lora_" not in n]
+    assert frozen and not any(p.requires_grad for n, p in encoder.lm.named_parameters() if n in frozen)
+    train_config = _config_with(tmp_path, align_only_steps=2).model_copy(
+        update={"optim": _config(tmp_path).optim.model_copy(update={"weight_decay": 0.1})}
+    )
+    train_config.output_dir.mkdir(parents=True)
+    trainable_before = {k: v.clone() for k, v in encoder.trainable_state().items()}
+    result = Trainer(encoder, _examples(encoder), train_config).run(show_progress_bar=False)
+    assert result.steps == 6 and result.final_recon is not None
+    after = _backbone_tensors(encoder.lm)
+    assert after.keys() == before.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, f"backbone tensors changed in training: {changed}"
+    assert all(p.grad is None for n, p in encoder.lm.named_parameters() if n in frozen)
+    # ...while every trainable tensor (tokens, heads, LoRA) did move.
+    state = encoder.trainable_state()
+    assert all(not torch.equal(state[k], v) for k, v in trainable_before.items())
+    assert any(k.startswith("encoder_lora.") for k in state) == (lora is not None)

@@ -525,6 +525,10 @@ from .harmful_cli import register as _register_harmful  # noqa: E402
 
 _register_harmful(bench_app)
 
+from .scale_cli import register as _register_scale  # noqa: E402
+
+_register_scale(bench_app)
+
 
 @bench_app.command("generation")
 def generation_cmd(

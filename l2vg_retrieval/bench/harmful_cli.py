@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .harmful import DEFAULT_PLOT, DEFAULT_RESULTS, HARMFUL_K_VALUES
+from .harmful import DEFAULT_LOCO_PLOT, DEFAULT_PLOT, DEFAULT_RESULTS, HARMFUL_K_VALUES
 
 ModelOpt = Annotated[
     str | None,
@@ -38,10 +38,27 @@ def register(bench_app: typer.Typer) -> None:
         input_centric: Annotated[bool, typer.Option(help="include the input-centric baseline")] = True,
         out: Annotated[Path, typer.Option(help="results JSON")] = DEFAULT_RESULTS,
         plot: Annotated[Path, typer.Option(help="plot PNG")] = DEFAULT_PLOT,
+        generalisation: Annotated[
+            bool,
+            typer.Option(
+                help="also run leave-one-category-out and the overall split over the harm taxonomy "
+                "(gate with and without the refusal signal, and the screen)"
+            ),
+        ] = True,
+        loco_plot: Annotated[
+            Path, typer.Option(help="per-category generalisation plot PNG")
+        ] = DEFAULT_LOCO_PLOT,
+        allow_overlap: Annotated[
+            bool, typer.Option(help="run even if the calibration under test saw benchmark texts")
+        ] = False,
+        markdown: Annotated[
+            Path | None, typer.Option(help="also write the per-category generalisation table (Markdown)")
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
         """At-Least-One-Harmful@k / Harmful-Frequency@k and benign nDCG@10: teacher,
-        input-centric, L2VG, and L2VG in safe mode, in one run."""
+        input-centric, L2VG, and L2VG in safe mode, in one run; then how the gate and the
+        screen generalise to harm categories they were not calibrated on."""
         from ..safety import SafetyCalibrationError, SafetyFilter, calibrate
         from .cli import _fail, _load
         from .harmful import run_harmful_benchmark
@@ -63,6 +80,9 @@ def register(bench_app: typer.Typer) -> None:
                 out=out,
                 plot=plot,
                 description=describe_l2vg(encoder, model, untrained),
+                generalisation=generalisation,
+                loco_plot=loco_plot,
+                allow_overlap=allow_overlap,
             )
         except SafetyCalibrationError as exc:
             _fail(str(exc), 2)
@@ -80,4 +100,47 @@ def register(bench_app: typer.Typer) -> None:
                 f"{m['ndcg@10']:.3f}",
             )
         Console().print(table)
-        Console(stderr=True).print(f"wrote {out} and {plot}")
+        if report.get("generalisation"):
+            Console().print(generalisation_table(report["generalisation"]))
+            if markdown is not None:
+                from .harmful_loco import generalisation_markdown
+
+                markdown.write_text(generalisation_markdown(report["generalisation"]))
+        Console(stderr=True).print(
+            f"wrote {out} and {plot}" + (f" and {loco_plot}" if generalisation else "")
+        )
+
+
+def generalisation_table(gen: dict[str, Any]) -> Table:
+    """Per category: leave-one-category-out recall of the gate (with / without the refusal
+    signal) and the screen, look-alike FPR, and the overall split's gate recall."""
+    loco, overall = gen["leave_one_category_out"], gen["overall_split"]
+    gate = loco["gate"]
+    with_, without = gate.get("with_refusal_signal"), gate.get("without_refusal_signal")
+    table = Table(
+        "category", "LOCO gate", "LOCO gate (no refusal)", "look-alike FPR", "LOCO screen",
+        "overall gate", "overall screen", title="Generalisation over the harm taxonomy (recall)",
+    )  # fmt: skip
+
+    def pct(value: Any) -> str:
+        return "-" if value is None else f"{float(value):.2f}"
+
+    main = with_ or without
+    overall_gate = overall["gate"].get("with_refusal_signal") or overall["gate"]["without_refusal_signal"]
+    for category, m in main["per_category"].items():
+        table.add_row(
+            category,
+            pct(m["recall"]),
+            pct(without["per_category"][category]["recall"]) if with_ and without else "-",
+            pct(m["lookalike_fpr"]),
+            pct(loco["screen"]["per_category"][category].get("recall")),
+            pct(overall_gate["per_category"][category]["recall"]),
+            pct(overall["screen"]["per_category"][category]["recall"]),
+        )
+    table.add_row(
+        "mean", pct(main["recall"]["mean"]),
+        pct(without["recall"]["mean"]) if with_ and without else "-", "",
+        pct(loco["screen"]["recall"]["mean"]), pct(overall_gate["recall"]["mean"]),
+        pct(overall["screen"]["recall"]["mean"]),
+    )  # fmt: skip
+    return table

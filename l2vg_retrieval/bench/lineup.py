@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..llm2vec.baselines import LLM2VEC_KEYS, LLM2VEC_LABELS
+
 # Order matters: it is the order of every table and plot.
 MODEL_KEYS: tuple[str, ...] = (
     "bm25",
@@ -33,6 +35,9 @@ MODEL_LABELS: dict[str, str] = {
     "l2vg-teacher-docs": "L2VG, documents by teacher",
 }
 DENSE_KEYS = tuple(k for k in MODEL_KEYS if k != "bm25")
+# LLM2Vec (the paper's unsupervised teacher and its ablation steps): run only when asked
+# for by name, since they need a trained LLM2Vec checkpoint (l2vg llm2vec train).
+MODEL_LABELS.update(LLM2VEC_LABELS)
 
 
 class Retriever(Protocol):
@@ -141,21 +146,24 @@ def parse_models(spec: str | Sequence[str] | None) -> list[str]:
     if spec is None or spec == "all":
         return list(MODEL_KEYS)
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    unknown = [s for s in items if s not in MODEL_KEYS]
+    known = (*MODEL_KEYS, *LLM2VEC_KEYS)
+    unknown = [s for s in items if s not in known]
     if unknown or not items:
-        raise ValueError(
-            f"unknown model(s) {unknown or spec!r}; choose from {', '.join(MODEL_KEYS)} or 'all'"
-        )
-    return [k for k in MODEL_KEYS if k in items]
+        raise ValueError(f"unknown model(s) {unknown or spec!r}; choose from {', '.join(known)} or 'all'")
+    return [k for k in known if k in items]
 
 
-def encoders_from(l2vg: Any, keys: Sequence[str], *, gte_max_new_tokens: int = 96) -> dict[str, Any]:
+def encoders_from(
+    l2vg: Any, keys: Sequence[str], *, gte_max_new_tokens: int = 96, llm2vec: str | None = None
+) -> dict[str, Any]:
     """Build the dense lineup around an existing L2VG encoder, sharing its backbone and teacher.
 
     ``InputCentricEncoder``/``GenerateThenEncode`` get the same ``LoadedBackbone`` object,
     the teacher baseline is the encoder's own teacher wrapper, and the teacher-documents
     variant is a second encoder over the same backbone with the same trained tensors
     and ``document_mode="teacher"``: only a few hundred kilobytes are duplicated.
+    The LLM2Vec keys load the checkpoint ``llm2vec`` names (default: the encoder's own
+    teacher if it is one, else the packaged ``llm2vec``).
     """
     from ..baselines import GenerateThenEncode, InputCentricEncoder
     from ..encoder import L2VGEncoder
@@ -163,7 +171,14 @@ def encoders_from(l2vg: Any, keys: Sequence[str], *, gte_max_new_tokens: int = 9
     teacher = l2vg.teacher
     device, dtype = str(l2vg.device_), l2vg.dtype_
     out: dict[str, Any] = {}
+    wanted_llm2vec = [k for k in keys if k in LLM2VEC_KEYS]
+    if wanted_llm2vec:
+        from ..llm2vec.baselines import llm2vec_lineup
+
+        out.update(llm2vec_lineup(l2vg, wanted_llm2vec, reference=llm2vec))
     for key in keys:
+        if key in LLM2VEC_KEYS:
+            continue
         if key == "teacher":
             out[key] = teacher
         elif key == "input-centric":
@@ -223,10 +238,17 @@ def load_l2vg(
 
 
 def build_retrievers(
-    l2vg: Any, keys: Sequence[str], *, gte_max_new_tokens: int = 96, batch_size: int = 16
+    l2vg: Any,
+    keys: Sequence[str],
+    *,
+    gte_max_new_tokens: int = 96,
+    batch_size: int = 16,
+    llm2vec: str | None = None,
 ) -> dict[str, Retriever]:
     dense = [k for k in keys if k != "bm25"]
-    encoders = encoders_from(l2vg, dense, gte_max_new_tokens=gte_max_new_tokens) if dense else {}
+    encoders = (
+        encoders_from(l2vg, dense, gte_max_new_tokens=gte_max_new_tokens, llm2vec=llm2vec) if dense else {}
+    )
     out: dict[str, Retriever] = {}
     for key in keys:
         out[key] = (

@@ -436,6 +436,156 @@ def section_response_length(data: dict[str, Any], docs: Path) -> str:
     )
 
 
+def _scale_png(path: Path, runs: list[dict[str, Any]]) -> None:
+    """Search p50 against collection size, one line per backend and filter setting (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for backend in sorted({r["backend"] for r in runs}):
+        rows = sorted((r for r in runs if r["backend"] == backend), key=lambda r: r["n"])
+        for key, style, label in (("search_ms", "-o", ""), ("search_filtered_ms", "--s", ", filtered")):
+            ax.plot([r["n"] for r in rows], [r[key]["p50"] for r in rows], style, label=f"{backend}{label}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("points in the collection")
+    ax.set_ylabel("search p50, ms (k = 10)")
+    ax.set_title("Embedded engines: search latency against collection size")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def section_scale(data: dict[str, Any], docs: Path) -> str:
+    runs = [r for r in data["runs"] if "skipped" not in r]
+    skipped = [r for r in data["runs"] if "skipped" in r]
+    vec = data["vectors"]
+    flt = data["filter"]
+    rows = [
+        [
+            r["backend"],
+            r["n"],
+            r["ingest_points_per_s"],
+            r["build_seconds"],
+            r["search_ms"]["p50"],
+            r["search_ms"]["p95"],
+            r["search_filtered_ms"]["p50"],
+            r["search_filtered_ms"]["p95"],
+            r["recall@10"],
+            r["recall@10_filtered"],
+            r.get("rss_growth_mb"),
+            r.get("disk_mb"),
+        ]
+        for r in sorted(runs, key=lambda r: (r["n"], r["backend"]))
+    ]
+    engines = data.get("engines") or {}
+    out = [
+        "## Scale: embedded engines" + _variant_suffix(data, "scale"),
+        _meta_line(data),
+        f"{vec['kind']} vectors ({vec['source']}), {vec['dim']}-d, {vec['queries']} queries, "
+        f"k = {data['k']}. "
+        f"Filtered: metadata bucket in {flt['metadata']['bucket']} and not `{flt['must_not']}` "
+        f"(safe mode's exclusion), {100 * flt['selectivity']:.0f}% of the points pass. Recall@10 is "
+        "against exact search in numpy. Engines: "
+        + ", ".join(f"{k} {v}" for k, v in engines.items())
+        + ". Local mode is qdrant-client's embedded engine (exact search in Python); Edge is "
+        "Qdrant's Rust engine in-process, HNSW built by `optimize()` (the build column). RSS growth "
+        "is the process's resident memory growth across the run (both engines share the process).",
+        _table(
+            [
+                "backend",
+                "N",
+                "ingest pt/s",
+                "build s",
+                "p50 ms",
+                "p95 ms",
+                "filtered p50",
+                "filtered p95",
+                "R@10",
+                "R@10 filtered",
+                "RSS growth MB",
+                "disk MB",
+            ],
+            rows,
+        ),
+    ]
+    if skipped:
+        out.append(
+            "Not measured: "
+            + "; ".join(f"{r['backend']} at {r['n']} ({r['skipped']})" for r in skipped)
+            + "."
+        )
+    sweeps = [r for r in runs if r.get("ef_sweep")]
+    for r in sweeps:
+        out.append(
+            f"{r['backend']} at {r['n']} points, search ef swept on the same graph (CPU ms counts every "
+            "thread of the process: the figure a busy machine does not inflate):"
+        )
+        out.append(
+            _table(
+                [
+                    "ef",
+                    "p50 ms",
+                    "CPU p50 ms",
+                    "R@10",
+                    "filtered p50 ms",
+                    "filtered CPU p50 ms",
+                    "R@10 filtered",
+                ],
+                [
+                    [
+                        e["hnsw_ef"],
+                        e["search_ms"]["p50"],
+                        e.get("search_cpu_ms_p50"),
+                        e["recall@10"],
+                        e["search_filtered_ms"]["p50"],
+                        e.get("search_filtered_cpu_ms_p50"),
+                        e["recall@10_filtered"],
+                    ]
+                    for e in r["ef_sweep"]
+                ],
+            )
+        )
+    inter = data.get("interactive")
+    if inter:
+        out.append(
+            f"Interactive queries, one at a time, `encode_query` then search, against the "
+            f"{inter['backend']} collection of {inter['n']} points:"
+        )
+        out.append(
+            _table(
+                [
+                    "encoder",
+                    "queries",
+                    "encode p50 ms",
+                    "search p50 ms",
+                    "end-to-end p50 ms",
+                    "end-to-end p95 ms",
+                ],
+                [
+                    [
+                        name,
+                        m["queries"],
+                        m["encode_ms"]["p50"],
+                        m["search_ms"]["p50"],
+                        m["end_to_end_ms"]["p50"],
+                        m["end_to_end_ms"]["p95"],
+                    ]
+                    for name, m in inter["results"].items()
+                ],
+            )
+        )
+    if len({r["n"] for r in runs}) > 1:  # a line needs two sizes
+        png = docs / f"benchmarks_{data.get('benchmark', 'scale')}.png"
+        _scale_png(png, runs)
+        out.append(f"![search latency against collection size]({png.name})")
+    return "\n\n".join(out)
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any], Path], str]] = {
     "generation": section_generation,
     "response_length": section_response_length,
@@ -443,6 +593,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any], Path], str]] = {
     "qa": section_qa,
     "mteb": section_mteb,
     "speed": section_speed,
+    "scale": section_scale,
     # "harmful": section_harmful,  <- the harmful-content benchmark registers here
 }
 

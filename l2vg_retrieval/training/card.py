@@ -78,7 +78,8 @@ def publish(
         decoded = heldout.get("decoded", [])
         decode_cosine = float(heldout.get("decode_teacher_cosine", float("nan")))
     sources: dict[str, Any] = json.loads(sources_json.read_text()) if sources_json else {}
-    card = _card(summary, config, eval_md, decoded, decode_cosine, sources, plot_path, command)
+    teacher_dim = json.loads((final / CONFIG_FILE).read_text()).get("teacher_dim", "D")
+    card = _card(summary, config, eval_md, decoded, decode_cosine, sources, plot_path, command, teacher_dim)
     if notes is not None:
         card += "\n" + notes.read_text().strip() + "\n"
     (dest / "CARD.md").write_text(card)
@@ -94,6 +95,7 @@ def _card(
     sources: dict[str, Any],
     plot_path: Path,
     command: str,
+    teacher_dim: int | str = 384,
 ) -> str:
     enc, opt = config["encoder"], config["optim"]
     lines = [
@@ -105,7 +107,7 @@ def _card(
         "## What trained",
         f"- backbone `{enc['backbone']}` (frozen), teacher `{enc['teacher']}`",
         f"- {enc['n_thought']} thought + {enc['n_compression']} compression tokens, reconstruction "
-        "head Linear(H,H), alignment head Linear(H,384)"
+        f"head Linear(H,H), alignment head Linear(H,{teacher_dim})"
         + (
             f", and a LoRA on the encoding pass (r {enc['encoder_lora']['r']}, alpha "
             f"{enc['encoder_lora']['alpha']}, on {', '.join(enc['encoder_lora']['target_modules'])}; "

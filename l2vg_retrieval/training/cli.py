@@ -75,10 +75,15 @@ def publish_run(
     notes: Annotated[Path | None, typer.Option(help="markdown appended to the card")] = None,
 ) -> None:
     """Copy a run's final checkpoint to DEST with a training card and a loss-curve plot."""
-    import sys
+    import shlex
 
     from .card import publish
 
-    command = " ".join(["l2vg", *sys.argv[1:]])
+    # Rebuilt from the arguments, not sys.argv: the same line whether typed in a shell or
+    # invoked programmatically (sys.argv is then the host program's).
+    parts = ["l2vg", "publish", str(run_dir), str(dest), "--plot", str(plot)]
+    parts += ["--sources-json", str(sources_json)] if sources_json else []
+    parts += ["--notes", str(notes)] if notes else []
+    command = shlex.join(parts)
     folder = publish(run_dir, dest, sources_json=sources_json, plot_path=plot, command=command, notes=notes)
     print(folder / "CARD.md")

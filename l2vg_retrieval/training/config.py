@@ -148,9 +148,16 @@ def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> Tr
     responses = config.responses
     if responses.seed_cache is not None:
         responses = responses.model_copy(update={"seed_cache": _rel(base, responses.seed_cache)})
+    encoder = config.encoder.model_copy(
+        update={
+            "backbone": _rel_model(base, config.encoder.backbone),
+            "teacher": _rel_model(base, config.encoder.teacher),
+        }
+    )
     return config.model_copy(
         update={
             "output_dir": _rel(base, config.output_dir),
+            "encoder": encoder,
             "data": data.model_copy(update=updates),
             "responses": responses,
         }
@@ -159,3 +166,11 @@ def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> Tr
 
 def _rel(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
+
+
+def _rel_model(base: Path, name: str) -> str:
+    """A model folder written ``./x`` or ``../x`` resolves against the config file, like
+    every other path in it; short names, hub ids and absolute paths pass unchanged."""
+    if name.startswith(("./", "../")):
+        return str((base / name).resolve())
+    return name

@@ -112,6 +112,7 @@ def run_training(
     final_dir = out / "final"
     summary: dict[str, Any] = {
         "steps": result.steps,
+        "resumed_from_step": result.resumed_from_step,
         "train_examples": len(examples),
         "heldout_queries": len(heldout_rows),
         "final_recon": result.final_recon,

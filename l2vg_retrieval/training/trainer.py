@@ -9,6 +9,7 @@ optimizer state and a JSON of the step, so resuming is exact and nothing is unpi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import resource
 import shutil
@@ -29,6 +30,8 @@ from .config import TrainConfig
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.safetensors"
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class TrainExample:
@@ -45,6 +48,7 @@ class TrainResult:
     wall_seconds: float
     peak_rss_mb: float
     checkpoint: Path
+    resumed_from_step: int | None = None  # the checkpoint step this run continued from
 
 
 def make_examples(
@@ -154,6 +158,7 @@ class Trainer:
             self.params, lr=config.optim.lr, weight_decay=config.optim.weight_decay
         )
         self.step = 0
+        self.resumed_from_step: int | None = None
         self.checkpoint_dir = config.output_dir / "checkpoints"
         self.log_path = config.output_dir / "loss_log.jsonl"
 
@@ -233,6 +238,8 @@ class Trainer:
         latest = self.latest_checkpoint()
         if latest is not None:
             self.resume(latest)
+            self.resumed_from_step = self.step
+            logger.info("resuming from %s at step %d", latest, self.step)
         last = _truncate_log(self.log_path, self.step)
         # A resumed run continues the log's clock and, if nothing is left to do, reports
         # the losses the log ended with.
@@ -271,6 +278,7 @@ class Trainer:
             wall_seconds=offset + time.time() - start,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             checkpoint=self.latest_checkpoint() or self.save_checkpoint(),
+            resumed_from_step=self.resumed_from_step,
         )
 
 
