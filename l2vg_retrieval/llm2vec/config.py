@@ -8,16 +8,14 @@ steps of 32 x 512 tokens (MNTP) and 1,000 steps of batch 128 (SimCSE) on a GPU.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from ..backbones import DEFAULT_BACKBONE
 from ..config import StrictModel
-from ..training.config import ConfigFileError
+from ..training.config import read_config_file
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -158,24 +156,7 @@ class LLM2VecTrainConfig(StrictModel):
 
 def load_llm2vec_config(path: Path, overrides: dict[str, Any] | None = None) -> LLM2VecTrainConfig:
     """Read and validate a YAML/JSON config; relative paths resolve against the file."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigFileError(f"cannot read config {path}: {exc}") from exc
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigFileError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigFileError(f"{path} must hold a mapping of settings")
-    raw.update(overrides or {})
-    try:
-        config = LLM2VecTrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigFileError(f"invalid config {path}: {problems}") from exc
+    config = read_config_file(path, LLM2VecTrainConfig, overrides)
     base = path.parent.resolve()
 
     def rel(p: Path | None) -> Path | None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from ..config import DtypeName, EncoderConfig, StrictModel
+
+M = TypeVar("M", bound=StrictModel)
 
 
 class ConfigFileError(ValueError):
@@ -118,8 +120,9 @@ class TrainConfig(StrictModel):
         return self.output_dir / "targets.safetensors"
 
 
-def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read and validate a YAML/JSON config; relative paths resolve against the file."""
+def read_config_file(path: Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
+    """Read a YAML/JSON file into ``model``; every failure is a :class:`ConfigFileError`
+    naming the file (paths in it are left as written: the caller resolves them)."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -134,12 +137,17 @@ def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> Tr
         raise ConfigFileError(f"{path} must hold a mapping of settings")
     raw.update(overrides or {})
     try:
-        config = TrainConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigFileError(f"invalid config {path}: {problems}") from exc
+
+
+def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read and validate a YAML/JSON config; relative paths resolve against the file."""
+    config = read_config_file(path, TrainConfig, overrides)
     base = path.parent
     data = config.data
     updates = {"train_queries": _rel(base, data.train_queries)}
