@@ -89,7 +89,9 @@ class SafetyScreen(Protocol):
 
     def screen_documents(self, texts: list[str]) -> list[dict[str, Any]]: ...
 
-    def check_query(self, query: str, instruction: str | None, *, embedding: Any = None) -> Any: ...
+    def check_query(
+        self, query: str, instruction: str | None, *, embedding: Any = None, answer_features: Any = None
+    ) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -712,11 +714,13 @@ class QdrantIndexer:
         instruction: str | None,
         query_filter: models.Filter | None,
         embedding: np.ndarray,
+        answer_features: np.ndarray | None = None,
     ) -> tuple[models.Filter | None, SearchResults | None]:
         """Safe mode: refuse the query, or exclude flagged documents from the filter.
 
-        The gate reads the same query embedding the search uses, so safe mode costs no
-        second forward pass.
+        The gate reads the same query embedding the search uses (and, with the backbone's
+        refusal signal, answer features from that same pass), so safe mode costs no second
+        forward pass.
         """
         if self.safety is None:
             raise ValueError("safe=True needs a safety component: QdrantIndexer(..., safety=...)")
@@ -725,12 +729,27 @@ class QdrantIndexer:
                 f"collection '{self.collection}' was not fully screened at index time; re-index it "
                 "with QdrantIndexer(..., safety=...) into an empty collection to use safe=True"
             )
-        decision = self.safety.check_query(query, instruction, embedding=embedding)
+        extra = {} if answer_features is None else {"answer_features": answer_features}
+        decision = self.safety.check_query(query, instruction, embedding=embedding, **extra)
         if decision.blocked:
             return None, SearchResults([], blocked=True, reason=decision.reason)
         flagged = models.FieldCondition(key=HARM_FLAG_KEY, match=models.MatchValue(value=True))
         base = query_filter or models.Filter()
         return base.model_copy(update={"must_not": [*(base.must_not or []), flagged]}), None
+
+    def _encode_queries(
+        self, queries: list[str], instruction: str | None, *, safe: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Query vectors ``[N, D]`` and, when safe mode's gate reads the backbone's refusal
+        signal, its answer features ``[N, 2]`` from the same forward pass."""
+        if safe and getattr(self.safety, "uses_refusal_signal", False):
+            prompt = instruction or self.encoder.config.query_instruction
+            emb, states = self.encoder.encode_with_answer_states(
+                queries, prompt=prompt, show_progress_bar=False
+            )
+            return np.asarray(emb, dtype=np.float32), self.safety.answer_features(states)  # type: ignore[union-attr]
+        emb = self.encoder.encode_query(queries, instruction=instruction, show_progress_bar=False)
+        return np.atleast_2d(np.asarray(emb, dtype=np.float32)), None
 
     def _check_query(self, query: Any, k: int) -> None:
         if not isinstance(query, str):
@@ -753,9 +772,11 @@ class QdrantIndexer:
         """The ``k`` documents nearest to the query's generative embedding."""
         self._check_query(query, k)
         query_filter = build_filter(filter)
-        vector = self.encoder.encode_query(query, instruction=instruction, show_progress_bar=False)
+        vectors, answers = self._encode_queries([query], instruction, safe=safe)
+        vector = vectors[0]
         if safe:
-            query_filter, refused = self._safe_filter(query, instruction, query_filter, vector)
+            answer = None if answers is None else answers[0]
+            query_filter, refused = self._safe_filter(query, instruction, query_filter, vector, answer)
             if refused is not None:
                 return refused
         scored = self.store.query(np.asarray(vector, dtype=np.float32), query_filter, k, score_threshold)
@@ -779,15 +800,13 @@ class QdrantIndexer:
         if not queries:
             return []
         base_filter = build_filter(filter)
-        vectors = np.asarray(
-            self.encoder.encode_query(queries, instruction=instruction, show_progress_bar=False),
-            dtype=np.float32,
-        )
+        vectors, answers = self._encode_queries(queries, instruction, safe=safe)
         results: list[SearchResults | None] = [None] * len(queries)
         filters: list[models.Filter | None] = [base_filter] * len(queries)
         if safe:
             for i, q in enumerate(queries):
-                filters[i], results[i] = self._safe_filter(q, instruction, base_filter, vectors[i])
+                answer = None if answers is None else answers[i]
+                filters[i], results[i] = self._safe_filter(q, instruction, base_filter, vectors[i], answer)
         todo = [i for i, r in enumerate(results) if r is None]
         if todo:
             batches = self.store.query_batch(vectors[todo], [filters[i] for i in todo], k)
