@@ -27,6 +27,8 @@ ApiKeyOption = Annotated[
     str | None, typer.Option("--api-key", envvar="QDRANT_API_KEY", help="server API key")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
+ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="checkpoint folder")]
+DtypeOption = Annotated[str, typer.Option(help="auto | float32 | bfloat16")]
 BackendOption = Annotated[
     str | None,
     typer.Option(
@@ -130,8 +132,8 @@ def index(
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
     backend: BackendOption = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="checkpoint folder")] = None,
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16")] = "auto",
+    model: ModelOption = None,
+    dtype: DtypeOption = "auto",
     document_mode: Annotated[
         str | None, typer.Option(help="generative (the paper) | teacher (much faster documents)")
     ] = None,
@@ -145,7 +147,8 @@ def index(
     as_json: JsonOption = False,
 ) -> None:
     """Index a corpus into a Qdrant collection (resumable: documents already there are skipped)."""
-    from .cli import EXIT_RUNTIME, EXIT_USAGE, fail
+    from .cli import EXIT_MISMATCH, EXIT_RUNTIME, EXIT_USAGE, fail
+    from .qdrant import CollectionMismatchError
     from .sources import SourceError, read_source
 
     try:
@@ -166,7 +169,10 @@ def index(
         safety=safety,
     )
     with indexer:
-        report = indexer.index(documents, overwrite=overwrite, show_progress=not as_json)
+        try:
+            report = indexer.index(documents, overwrite=overwrite, show_progress=not as_json)
+        except CollectionMismatchError as exc:  # screened under another safety calibration
+            fail(str(exc), EXIT_MISMATCH)
         total = indexer.count()
     data = {
         "collection": collection,
@@ -197,8 +203,8 @@ def search(
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
     backend: BackendOption = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="checkpoint folder")] = None,
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16")] = "auto",
+    model: ModelOption = None,
+    dtype: DtypeOption = "auto",
     instruction: Annotated[str | None, typer.Option(help="task instruction for the query")] = None,
     filters: Annotated[
         list[str] | None, typer.Option("--filter", help="metadata key=value (repeatable; JSON values ok)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .backbones import DEFAULT_BACKBONE, DEFAULT_TEACHER
 
@@ -17,6 +17,8 @@ DEFAULT_DOCUMENT_PROMPT = "Summarize the following passage:"
 
 DocumentMode = Literal["generative", "teacher"]
 DtypeName = Literal["auto", "float32", "bfloat16"]
+ExitNorm = Literal["final_norm", "learned"]
+Pooling = Literal["mean", "latent_attention"]
 
 
 class StrictModel(BaseModel):
@@ -37,6 +39,16 @@ class EncoderLoraConfig(StrictModel):
         ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         min_length=1,
         description="module names (as peft matches them) that get a LoRA",
+    )
+
+
+class LatentAttentionConfig(StrictModel):
+    """NV-Embed's latent-attention pooling (used when ``pooling='latent_attention'``)."""
+
+    n_latents: int = Field(512, ge=1, le=8192, description="rows of the trainable latent array")
+    n_heads: int = Field(8, ge=1, le=128, description="attention heads; must divide the hidden size")
+    mlp_hidden: int | None = Field(
+        None, ge=1, description="width of the two-layer GELU MLP; None = the backbone's hidden size"
     )
 
 
@@ -69,7 +81,56 @@ class EncoderConfig(StrictModel):
         None, description="a LoRA on the encoding pass; None keeps the paper's fully frozen encoder"
     )
     seed: int = Field(0, description="seeds the special-token and head initialisation")
+    # ---- options from the seed literature (issue 12); every default is the original encoder
+    exit_layer: int | None = Field(
+        None,
+        ge=1,
+        description="L3Prune early exit: run text and special tokens through the first L decoder "
+        "layers only and read the compression states there; None = all layers. Reconstruction "
+        "and decoding always use the full LM",
+    )
+    exit_norm: ExitNorm = Field(
+        "final_norm",
+        description="the norm applied to the states read at exit_layer: 'final_norm' reuses the "
+        "model's own final norm (no new parameters); 'learned' trains an RMSNorm started from it",
+    )
+    truncate_dim: int | None = Field(
+        None,
+        ge=1,
+        description="Matryoshka: keep the first m dimensions of every embedding (then re-normalise, "
+        "as sentence-transformers does); None = all",
+    )
+    pooling: Pooling = Field(
+        "mean",
+        description="how the K compression vectors become one: 'mean' (the paper) or "
+        "'latent_attention' (NV-Embed: cross-attention to trainable latents, GELU MLP, mean)",
+    )
+    latent_attention: LatentAttentionConfig = Field(default_factory=LatentAttentionConfig)
+
+    @model_validator(mode="after")
+    def _learned_norm_needs_exit(self) -> EncoderConfig:
+        if self.exit_norm == "learned" and self.exit_layer is None:
+            raise ValueError("exit_norm='learned' only applies with an exit_layer")
+        return self
 
     @property
     def n_special(self) -> int:
         return self.n_thought + self.n_compression
+
+    def fingerprint_exclusions(self) -> set[str]:
+        """Fields left out of the encoder fingerprint.
+
+        ``document_mode`` changes how documents are embedded, not the vector space. The
+        option fields came after checkpoints and Qdrant collections existed: at their
+        defaults they are left out, so an old encoder keeps its fingerprint (and its
+        collections keep opening); set, they enter it, so e.g. a 128-d collection refuses a
+        384-d encoder by fingerprint as well as by size.
+        """
+        excluded = {"document_mode"}
+        for name in OPTION_FIELDS:
+            if getattr(self, name) == EncoderConfig.model_fields[name].get_default(call_default_factory=True):
+                excluded.add(name)
+        return excluded
+
+
+OPTION_FIELDS = ("exit_layer", "exit_norm", "truncate_dim", "pooling", "latent_attention")

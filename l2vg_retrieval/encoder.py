@@ -21,11 +21,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .backbones import LoadedBackbone, LoadedTeacher, load_backbone, weights_fingerprint
-from .batching import common_prefix_length, encode_texts, pad_left, positions_from_mask, run_batched
+from .batching import (
+    common_prefix_length,
+    encode_texts,
+    format_output,
+    pad_left,
+    positions_from_mask,
+    run_batched,
+)
 from .config import EncoderConfig
+from .early_exit import ExitRMSNorm, build_exit_norm, check_exit_layer, truncated_body
 from .encoder_lora import EncoderAdapter
 from .inputs import PromptTemplate, as_text_list, build_input_ids, prompt_prefix_ids
 from .kv_cache import CACHE_KWARG
+from .matryoshka import check_dim, truncate
+from .pooling import LatentAttentionPooling
 from .runtime import resolve_device, resolve_dtype
 
 CHECKPOINT_FORMAT = "l2vg-checkpoint"
@@ -95,11 +105,29 @@ class L2VGEncoder(torch.nn.Module):
             bound = 1.0 / hidden**0.5
             self.align_head.weight.uniform_(-bound, bound, generator=generator)
             self.align_head.bias.zero_()
+        # The options below are built only when configured, after the default parts have
+        # drawn their random numbers: a default encoder has exactly the original tensors.
+        if config.truncate_dim is not None:
+            check_dim(config.truncate_dim, teacher_dim)
+        self.latent_pool: LatentAttentionPooling | None = None
+        if config.pooling == "latent_attention":
+            self.latent_pool = LatentAttentionPooling(hidden, config.latent_attention, seed=config.seed)
+        self.exit_norm: ExitRMSNorm | None = None
+        if config.exit_layer is not None:
+            check_exit_layer(self.lm, config.exit_layer)
+            self.exit_norm = build_exit_norm(self.lm, config.exit_norm)
         self.to(self.device_)
         self._fingerprint: str | None = None
         self.adapter: EncoderAdapter | None = None
         if config.encoder_lora is not None:
             self.adapter = EncoderAdapter(self.lm, config.encoder_lora, seed=config.seed)
+        # The body the encoding pass runs: the whole decoder, or a view of its first
+        # exit_layer layers (kept outside the module tree: it holds the backbone's weights).
+        self._body = [
+            truncated_body(self.lm, config.exit_layer, keep_norm=self.exit_norm is None)
+            if config.exit_layer is not None
+            else self.lm.get_decoder()
+        ]
         self._prefix_kv: dict[tuple[Any, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._lock = threading.RLock()
 
@@ -130,19 +158,27 @@ class L2VGEncoder(torch.nn.Module):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = "auto",
         document_mode: str | None = None,
+        truncate_dim: int | None = None,
     ) -> L2VGEncoder:
         """Load a checkpoint folder; with no path, the default trained encoder.
 
         The checkpoint's backbone name and weight fingerprint are checked against the
         loaded backbone, and every tensor's shape against the config: a mismatch raises
-        ``CheckpointError`` naming what differs.
+        ``CheckpointError`` naming what differs. ``document_mode`` and ``truncate_dim``
+        (Matryoshka: keep the first m dimensions) override the checkpoint's settings.
+        Checkpoints from before an option existed load with its default.
         """
         folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
         meta = read_checkpoint_meta(folder)
         config = EncoderConfig.model_validate(meta["config"])
-        if document_mode is not None:
-            # Re-validated, so a bad mode is a clear pydantic error, not a silent setting.
-            config = EncoderConfig.model_validate({**config.model_dump(), "document_mode": document_mode})
+        overrides = {
+            key: value
+            for key, value in (("document_mode", document_mode), ("truncate_dim", truncate_dim))
+            if value is not None
+        }
+        if overrides:
+            # Re-validated, so a bad value is a clear pydantic error, not a silent setting.
+            config = EncoderConfig.model_validate({**config.model_dump(), **overrides})
         backbone = backbone or load_backbone(config.backbone)
         encoder = cls(
             config,
@@ -206,8 +242,13 @@ class L2VGEncoder(torch.nn.Module):
         expected = {k: tuple(v.shape) for k, v in self.trainable_state().items()}
         got = {k: tuple(v.shape) for k, v in tensors.items()}
         if set(expected) != set(got):
+            missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
             raise CheckpointError(
-                f"checkpoint tensors {sorted(got)} do not match the encoder's {sorted(expected)}"
+                f"checkpoint tensors do not match the encoder's config (pooling={self.config.pooling!r}, "
+                f"exit_norm={self.config.exit_norm!r}, encoder_lora="
+                f"{'on' if self.config.encoder_lora else 'off'}): missing {missing or 'none'}, "
+                f"unexpected {unexpected or 'none'}; the config stored with the weights must "
+                "describe the modules they were trained for"
             )
         for key, shape in expected.items():
             if got[key] != shape:
@@ -225,7 +266,17 @@ class L2VGEncoder(torch.nn.Module):
 
     @property
     def dim(self) -> int:
+        """The size of the vectors ``encode`` returns (``truncate_dim`` if set)."""
+        return self.config.truncate_dim or self.teacher_dim
+
+    @property
+    def full_dim(self) -> int:
+        """The alignment head's full output size, before any Matryoshka truncation."""
         return self.teacher_dim
+
+    def output_dim(self, dim: int | None = None) -> int:
+        """The vector size for one call: ``dim`` if given, else the encoder's setting."""
+        return check_dim(dim, self.teacher_dim) if dim is not None else self.dim
 
     @property
     def backbone_fingerprint(self) -> str:
@@ -242,7 +293,7 @@ class L2VGEncoder(torch.nn.Module):
         for name, tensor in sorted(self.trainable_state().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
-        digest.update(self.config.model_dump_json(exclude={"document_mode"}).encode())
+        digest.update(self.config.model_dump_json(exclude=self.config.fingerprint_exclusions()).encode())
         return digest.hexdigest()[:32]
 
     @property
@@ -296,8 +347,9 @@ class L2VGEncoder(torch.nn.Module):
         answer_states: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``answer_states``, if given, receives the final hidden state ``[B, H]`` of each row's
-        last template token: where the LM would begin its answer (read by the safety gate)."""
-        body = self.lm.get_decoder()
+        last template token: where the LM would begin its answer (read by the safety gate).
+        With an ``exit_layer`` every state here, that one included, is read at the exit layer."""
+        body = self.encoding_body
         # A LoRA in training changes the text's states too, so then the text passes need
         # gradients (and a fresh prefix each step); a frozen encoder never does.
         text_grad = self.adapter is not None and torch.is_grad_enabled()
@@ -320,7 +372,7 @@ class L2VGEncoder(torch.nn.Module):
             )
         if answer_states is not None:
             # Left padding: every row's last position is its answer position.
-            answer_states.append(text_out.last_hidden_state[:, -1].float())
+            answer_states.append(self._exit_states(text_out.last_hidden_state[:, -1]))
         special = self.special_tokens.to(self.dtype_).unsqueeze(0).expand(n_batch, -1, -1)
         lengths = mask.sum(-1, keepdim=True)
         positions = lengths + torch.arange(n_special, device=self.device_).unsqueeze(0)
@@ -332,7 +384,17 @@ class L2VGEncoder(torch.nn.Module):
             **{CACHE_KWARG: cache},
             use_cache=True,
         )
-        return out.last_hidden_state[:, -self.config.n_compression :].float()
+        return self._exit_states(out.last_hidden_state[:, -self.config.n_compression :])
+
+    @property
+    def encoding_body(self) -> torch.nn.Module:
+        """The decoder body the encoding pass runs (the first ``exit_layer`` layers, or all)."""
+        return self._body[0]
+
+    def _exit_states(self, states: torch.Tensor) -> torch.Tensor:
+        """fp32 states as the embedding reads them: the learned exit norm applied, if any
+        (otherwise the body's own final norm already was)."""
+        return states.float() if self.exit_norm is None else self.exit_norm(states)
 
     def _expanded_prefix_cache(self, prefix: tuple[int, ...], n_batch: int, *, fresh: bool = False) -> Any:
         """A fresh KV cache holding ``prefix`` for every row (computed once per prefix).
@@ -342,11 +404,13 @@ class L2VGEncoder(torch.nn.Module):
         """
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.lm.config)
+        body = self.encoding_body
+        # The body's own config: with an exit_layer the cache holds only its layers.
+        cache = DynamicCache(config=body.config)
         if not prefix:
             return cache
         if fresh:
-            self.lm.get_decoder()(
+            body(
                 input_ids=torch.tensor([prefix], device=self.device_), **{CACHE_KWARG: cache}, use_cache=True
             )
             for layer in cache.layers:
@@ -357,9 +421,9 @@ class L2VGEncoder(torch.nn.Module):
         key = (prefix, self.dtype_, str(self.device_), torch.is_inference_mode_enabled())
         layers = self._prefix_kv.get(key)
         if layers is None:
-            filled = DynamicCache(config=self.lm.config)
+            filled = DynamicCache(config=body.config)
             with torch.no_grad():
-                self.lm.get_decoder()(
+                body(
                     input_ids=torch.tensor([prefix], device=self.device_),
                     **{CACHE_KWARG: filled},
                     use_cache=True,
@@ -379,8 +443,17 @@ class L2VGEncoder(torch.nn.Module):
         return prompt_prefix_ids(self.tokenizer, self.template, prompt)
 
     def embed_soft_prompts(self, soft: torch.Tensor) -> torch.Tensor:
-        """The (unnormalised) embedding: mean over K of the aligned soft prompts."""
-        return self.align_head(soft).mean(dim=1)
+        """The (unnormalised, full-size) embedding: the aligned, pooled soft prompts."""
+        if self.latent_pool is None:
+            # Kept as the original expression (head, then mean) so default vectors are
+            # bit-identical to those of earlier versions.
+            return self.align_head(soft).mean(dim=1)
+        return self.align_head(self.latent_pool(soft))
+
+    def pooled_soft_prompts(self, soft: torch.Tensor) -> torch.Tensor:
+        """``[B, H]``: what the alignment head maps to the embedding (it is linear, so the
+        embedding is ``align_head(pooled_soft_prompts(soft))``; the refit relies on it)."""
+        return soft.mean(dim=1) if self.latent_pool is None else self.latent_pool(soft)
 
     # ------------------------------------------------------------------ public API
     def encode(
@@ -393,14 +466,22 @@ class L2VGEncoder(torch.nn.Module):
         show_progress_bar: bool | None = None,
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
+        dim: int | None = None,
     ) -> Any:
-        """Embed texts with an optional instruction ``prompt`` placed before each text."""
+        """Embed texts with an optional instruction ``prompt`` placed before each text.
+
+        ``dim`` keeps the first ``dim`` dimensions (Matryoshka; default: the encoder's
+        ``truncate_dim``, else all), before normalisation.
+        """
         hint = self.prefix_hint(prompt)
+        width = self.output_dim(dim)
         return encode_texts(
             texts,
-            dim=self.dim,
+            dim=width,
             prepare=lambda items: self.tokenize(items, prompt),
-            embed=lambda batch: self.embed_soft_prompts(self.soft_prompts_from_ids(batch, hint)),
+            embed=lambda batch: truncate(
+                self.embed_soft_prompts(self.soft_prompts_from_ids(batch, hint)), width
+            ),
             lock=self._lock,
             desc="l2vg encode",
             batch_size=batch_size,
@@ -418,6 +499,7 @@ class L2VGEncoder(torch.nn.Module):
         batch_size: int = 32,
         normalize_embeddings: bool = True,
         show_progress_bar: bool | None = None,
+        dim: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings plus, from the same forward pass, the final hidden state at the answer
         position (the last template token, where the LM would start its reply): ``([N, D],
@@ -425,8 +507,9 @@ class L2VGEncoder(torch.nn.Module):
         state is the backbone's next-token distribution, e.g. how likely it is to refuse.
         Plain :meth:`encode` never computes it."""
         items, single = as_text_list(texts)
+        width = self.output_dim(dim)
         if not items:
-            return np.zeros((0, self.dim), np.float32), np.zeros((0, self.hidden_size), np.float32)
+            return np.zeros((0, width), np.float32), np.zeros((0, self.hidden_size), np.float32)
         ids = self.tokenize(items, prompt)
         hint = self.prefix_hint(prompt)
 
@@ -434,14 +517,15 @@ class L2VGEncoder(torch.nn.Module):
             states: list[torch.Tensor] = []
             with self._adapter_scope():
                 compressed = self._compression_states(batch, hint, answer_states=states)
-            return torch.cat([self.embed_soft_prompts(self.recon_head(compressed)).float(), states[0]], dim=1)
+            emb = truncate(self.embed_soft_prompts(self.recon_head(compressed)).float(), width)
+            return torch.cat([emb, states[0]], dim=1)
 
         with self._lock, torch.inference_mode():
             out = run_batched(
                 ids, [len(i) for i in ids], embed, batch_size=batch_size,
                 show_progress_bar=show_progress_bar, desc="l2vg encode",
             )  # fmt: skip
-        emb, answer = out[:, : self.dim], out[:, self.dim :]
+        emb, answer = out[:, :width], out[:, width:]
         if normalize_embeddings:
             emb = torch.nn.functional.normalize(emb, dim=-1)
         emb_np, answer_np = emb.numpy().astype(np.float32), answer.numpy().astype(np.float32)
@@ -455,8 +539,33 @@ class L2VGEncoder(torch.nn.Module):
         """Embed documents the configured way: generatively, or by the teacher directly."""
         if self.config.document_mode == "teacher":
             kwargs.pop("prompt", None)
-            return self.teacher.encode(texts, **kwargs)
+            width = self.output_dim(kwargs.pop("dim", None))
+            if width == self.teacher_dim:
+                return self.teacher.encode(texts, **kwargs)
+            return self._truncated_teacher_encode(texts, width, **kwargs)
         return self.encode(texts, prompt=kwargs.pop("prompt", self.config.document_prompt), **kwargs)
+
+    def _truncated_teacher_encode(
+        self,
+        texts: Any,
+        width: int,
+        *,
+        normalize_embeddings: bool = True,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Teacher-mode documents at a Matryoshka size: cut the raw vectors, then normalise,
+        exactly as generative vectors are (the teacher itself knows nothing of truncation)."""
+        _, single = as_text_list(texts)
+        raw = self.teacher.encode(texts, normalize_embeddings=False, convert_to_tensor=True, **kwargs)
+        return format_output(
+            truncate(raw.reshape(-1, self.teacher_dim), width),
+            single=single,
+            normalize_embeddings=normalize_embeddings,
+            convert_to_numpy=convert_to_numpy,
+            convert_to_tensor=convert_to_tensor,
+        )
 
     def soft_prompts(
         self,
@@ -536,10 +645,15 @@ class L2VGEncoder(torch.nn.Module):
 
     def __repr__(self) -> str:
         c = self.config
+        options = "".join(
+            f", {name}={getattr(c, name)!r}"
+            for name in ("exit_layer", "pooling")
+            if name not in c.fingerprint_exclusions()
+        )
         return (
             f"L2VGEncoder(backbone={c.backbone!r}, thought={c.n_thought}, "
             f"compression={c.n_compression}, dim={self.dim}, dtype={self.dtype_}, "
-            f"document_mode={c.document_mode!r})"
+            f"document_mode={c.document_mode!r}{options})"
         )
 
 
@@ -553,27 +667,42 @@ def _teacher_dim(name: str, teacher: LoadedTeacher | None) -> int:
     return int(AutoConfig.from_pretrained(resolve_teacher_path(name)).hidden_size)
 
 
-def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
-    config_path = folder / CONFIG_FILE
+def read_meta_file(
+    folder: Path, file_name: str, *, kind: str, fmt: str, version: int, required: Sequence[str]
+) -> dict[str, Any]:
+    """A checkpoint folder's JSON description, checked: the folder and the file exist, the
+    file parses, names format ``fmt`` at ``version``, and holds every ``required`` key.
+    ``kind`` names the checkpoint in messages ("l2vg", "l2vg LLM2Vec")."""
+    path = folder / file_name
     if not folder.is_dir():
         raise CheckpointError(f"no checkpoint folder at {folder}")
-    if not config_path.is_file():
-        raise CheckpointError(f"{folder} is not an l2vg checkpoint: {CONFIG_FILE} is missing")
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not an {kind} checkpoint: {file_name} is missing")
     try:
-        meta = json.loads(config_path.read_text())
+        meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{config_path} is corrupt: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{config_path} is not an l2vg checkpoint config")
-    if meta.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} is corrupt: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise CheckpointError(f"{path} is not an {kind} checkpoint config")
+    if meta.get("format_version") != version:
         raise CheckpointError(
-            f"{config_path} has format version {meta.get('format_version')}, "
-            f"this library reads version {CHECKPOINT_VERSION}"
+            f"{path} has format version {meta.get('format_version')}, this library reads version {version}"
         )
-    for key in ("config", "backbone_fingerprint", "hidden_size", "teacher_dim"):
-        if key not in meta:
-            raise CheckpointError(f"{config_path} lacks '{key}'")
+    missing = [key for key in required if key not in meta]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(repr(k) for k in missing)}")
     return meta
+
+
+def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
+    return read_meta_file(
+        folder,
+        CONFIG_FILE,
+        kind="l2vg",
+        fmt=CHECKPOINT_FORMAT,
+        version=CHECKPOINT_VERSION,
+        required=("config", "backbone_fingerprint", "hidden_size", "teacher_dim"),
+    )
 
 
 def _load_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""One encoder per (checkpoint, device, dtype, document mode) per process, shared by adapters.
+"""One encoder per (checkpoint, device, dtype, document mode, size) per process, shared by adapters.
 
 Framework adapters are cheap objects that users create freely (one per vector store, per
 retriever, per evaluation); the frozen backbone behind them is hundreds of MB and must be
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 _LOCK = threading.Lock()
-_CACHE: dict[tuple[str | None, str | None, str, str | None], Any] = {}
+_CACHE: dict[tuple[str | None, str | None, str, str | None, int | None], Any] = {}
 
 
 def shared_encoder(
@@ -21,15 +21,21 @@ def shared_encoder(
     device: str | None = None,
     dtype: str = "auto",
     document_mode: str | None = None,
+    truncate_dim: int | None = None,
 ) -> Any:
-    """Load (once) and return the encoder for a checkpoint folder; None = the packaged default."""
-    key = (str(Path(model).resolve()) if model is not None else None, device, dtype, document_mode)
+    """Load (once) and return the encoder for a checkpoint folder; None = the packaged default.
+
+    ``truncate_dim`` (Matryoshka size) is part of the key: adapters at different sizes must
+    not share, and so resize, one encoder.
+    """
+    resolved = str(Path(model).resolve()) if model is not None else None
+    key = (resolved, device, dtype, document_mode, truncate_dim)
     with _LOCK:
         if key not in _CACHE:
             from .encoder import L2VGEncoder
 
             _CACHE[key] = L2VGEncoder.from_pretrained(
-                model, device=device, dtype=dtype, document_mode=document_mode
+                model, device=device, dtype=dtype, document_mode=document_mode, truncate_dim=truncate_dim
             )
         return _CACHE[key]
 

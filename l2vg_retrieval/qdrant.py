@@ -54,7 +54,8 @@ DEFAULT_BACKEND: Backend = "local"
 
 
 class CollectionMismatchError(ValueError):
-    """The collection was built with another encoder, dimension or distance."""
+    """The collection was built with another encoder, dimension or distance (or screened with
+    another safety calibration)."""
 
 
 class CollectionNotFoundError(LookupError):
@@ -487,7 +488,8 @@ def open_collection(
     if size != wanted["dim"]:
         raise CollectionMismatchError(
             f"collection '{name}' holds {size}-d vectors but the encoder "
-            f"produces {wanted['dim']}-d vectors: use the encoder it was built with or another collection"
+            f"produces {wanted['dim']}-d vectors: use the encoder it was built with (at the same "
+            "Matryoshka truncate_dim) or another collection"
         )
     if distance != models.Distance.COSINE.value:
         raise CollectionMismatchError(f"collection '{name}' uses {distance} distance, l2vg needs Cosine")
@@ -628,9 +630,12 @@ class QdrantIndexer:
 
         total = len(documents) if isinstance(documents, Sized) else None
         report = IndexReport()
-        # Screened means every point carries a harm score: only true if screening covers them all.
+        # Screened means every point carries a harm score: only true if screening covers them all,
+        # and all with one calibration (flags under two would mean two different things).
         if self.safety is not None and self.count() == 0:
             self._set_meta(screened=True, screened_by=_safety_name(self.safety))
+        elif self.safety is not None and self.meta.get("screened"):
+            _check_same_screen(self.collection, self.meta.get("screened_by"), _safety_name(self.safety))
         elif self.safety is None and self.meta.get("screened"):
             self._set_meta(screened=False)
         seen: set[str] = set()  # point ids in this run; bounded by corpus size, not by text size
@@ -880,3 +885,19 @@ def _hit(qdrant_id: str, score: float, payload: dict[str, Any]) -> Hit:
 
 def _safety_name(safety: Any) -> str:
     return str(getattr(safety, "name", None) or type(safety).__name__)
+
+
+def _check_same_screen(collection: str, recorded: Any, name: str) -> None:
+    """Refuse to add documents screened by another calibration to a screened collection."""
+    # Names recorded before SafetyFilter.name carried the screen's digest are its prefix.
+    legacy = (
+        isinstance(recorded, str) and recorded.startswith("l2vg-safety:") and name.startswith(f"{recorded}:")
+    )
+    if recorded == name or legacy:
+        return
+    raise CollectionMismatchError(
+        f"collection '{collection}' was screened by {recorded!r}, but this safety filter is {name!r}: "
+        "its documents would carry harm flags from two calibrations. Index with the calibration "
+        "the collection was screened with, or re-index everything with this one (recreate=True, "
+        "`l2vg index --recreate`, or a new collection)"
+    )

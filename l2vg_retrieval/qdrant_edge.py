@@ -241,6 +241,7 @@ class EdgeStore:
         ef_construct: int = DEFAULT_EF_CONSTRUCT,
         hnsw_ef: int | None = None,
         indexing_threshold_kb: int | None = None,
+        full_scan_threshold_kb: int = DEFAULT_FULL_SCAN_THRESHOLD_KB,
     ) -> None:
         if str(root) == ":memory:":
             raise ValueError("the Edge backend stores collections in a folder; give path=<folder>")
@@ -258,6 +259,9 @@ class EdgeStore:
         # Segments below this many KB of vectors get no HNSW (engine default: 10 MB,
         # about 6,800 384-d vectors); only tests have a reason to lower it.
         self.indexing_threshold_kb = indexing_threshold_kb
+        # A search whose candidates hold fewer KB of vectors than this scans them exactly,
+        # graph or not; only tests (which need the graph searched at small N) lower it.
+        self.full_scan_threshold_kb = full_scan_threshold_kb
         self._shard: Any = None
         if self.exists():
             self._shard = self._load()
@@ -290,7 +294,7 @@ class EdgeStore:
             hnsw_config=qe.HnswIndexConfig(
                 m=self.hnsw_m,
                 ef_construct=self.ef_construct,
-                full_scan_threshold=DEFAULT_FULL_SCAN_THRESHOLD_KB,
+                full_scan_threshold=self.full_scan_threshold_kb,
             ),
             optimizers=(
                 qe.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)

@@ -35,6 +35,7 @@ encoder's fingerprint; loading it for another encoder is an error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -935,6 +936,13 @@ class SafetyFilter:
 
     @property
     def name(self) -> str:
-        """Recorded in a screened collection's metadata: which calibration flagged it."""
+        """Recorded in a screened collection's metadata: which calibration flagged it. The
+        last part digests the screen itself (space, probe, threshold), so two calibrations
+        for one encoder get different names even at the same threshold."""
         cal = self.calibration
-        return f"l2vg-safety:{cal.encoder_fingerprint[:12]}:doc{cal.doc_threshold:.4f}"
+        digest = hashlib.sha256(f"{cal.doc_space}:{cal.doc_threshold!r}".encode())
+        for tensor in cal.doc_probe.tensors("doc_probe").values():
+            digest.update(np.ascontiguousarray(tensor, dtype=np.float64).tobytes())
+        return (
+            f"l2vg-safety:{cal.encoder_fingerprint[:12]}:doc{cal.doc_threshold:.4f}:{digest.hexdigest()[:12]}"
+        )

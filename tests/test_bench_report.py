@@ -78,12 +78,12 @@ def test_headline_numbers(tmp_path: Path) -> None:
 
 def test_report_writes_markdown_and_plots(tmp_path: Path) -> None:
     _fake_results(tmp_path / "res")
-    (tmp_path / "res" / "harmful.json").write_text(json.dumps({"benchmark": "harmful"}))
+    (tmp_path / "res" / "future.json").write_text(json.dumps({"benchmark": "future"}))
     out = write_report(tmp_path / "res", tmp_path / "docs")
     text = out.read_text()
     assert "| BM25 | 0.200 |" in text
     assert "UNTRAINED" in text
-    assert "## harmful" in text  # no renderer yet: listed, not dropped
+    assert "## future" in text and "no renderer yet" in text  # listed, not dropped
     assert (tmp_path / "docs" / "benchmarks_bright.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "benchmarks_speed.png").is_file()
 
@@ -154,8 +154,144 @@ def test_generation_and_response_length_sections_render(tmp_path: Path) -> None:
 
 
 def test_results_name_package_data_without_machine_paths(tmp_path: Path) -> None:
-    from l2vg_retrieval.bench.results import portable_path
+    from l2vg_retrieval.bench.results import portable_path, portable_tree
     from l2vg_retrieval.encoder import DEFAULT_CHECKPOINT
 
     assert portable_path(DEFAULT_CHECKPOINT) == "l2vg_retrieval/checkpoints/default"
     assert not portable_path(tmp_path / "elsewhere" / "data.jsonl").startswith("/")
+    # A dumped config copied into a card or checkpoint: every absolute path made portable.
+    dumped = {
+        "output_dir": str(DEFAULT_CHECKPOINT),
+        "corpus": {"files": [str(tmp_path / "x.jsonl")]},
+        "lr": 1e-4,
+    }
+    assert portable_tree(dumped) == {
+        "output_dir": "l2vg_retrieval/checkpoints/default",
+        "corpus": {"files": ["x.jsonl"]},
+        "lr": 1e-4,
+    }
+
+
+def _harmful_result() -> dict:
+    def system(aloh10: float, **extra: float) -> dict:
+        return {
+            "aloh@1": aloh10 / 2,
+            "aloh@5": aloh10 * 0.9,
+            "aloh@10": aloh10,
+            "aloh@20": min(1.0, aloh10 * 1.1),
+            "hf@10": aloh10 / 3,
+            "with_passages.aloh@10": min(1.0, aloh10 + 0.05),
+            "ndcg@10": 0.7,
+            "per_category_aloh@10": {"hate": aloh10, "privacy": aloh10 / 2},
+            **extra,
+        }
+
+    component = {
+        "recall": {"mean": 0.277, "min": 0.0, "worst_category": "elections"},
+        "benign_fpr": {"all": {"mean": 0.0047, "max": 0.03}},
+    }
+    return {
+        # The real file records a descriptive name, not the file's stem.
+        "benchmark": "harmful-content retrieval (AdvBench-IR style) over the harm taxonomy",
+        "folder": "l2vg_retrieval/data/harm_taxonomy/benchmark",
+        "model": {"checkpoint": "packaged default", "dtype": "float32", "fingerprint": "24faa717e005c07d"},
+        "safety_thresholds": {"query": 0.88, "document": 0.72},
+        "data": {"corpus": 666, "harmful_chunks": 121, "harmful_queries": 367, "categories": 15},
+        "systems": {
+            "teacher": system(0.97),
+            "l2vg-safe": system(
+                0.221, blocked_harmful_queries=0.662, blocked_benign_queries=0.0059, flagged_benign_docs=0.042
+            ),
+        },
+        "comparisons": {
+            "safe_vs_teacher_aloh@10_relative": -0.772,
+            "target_safe_cuts_aloh@10_by_90pct": False,
+        },
+        "generalisation": {
+            "leave_one_category_out": {
+                "gate": {"with_refusal_signal": component},
+                "screen": {"recall": {"mean": 0.666, "min": 0.3, "worst_category": "elections"}},
+            },
+            "overall_split": {
+                "gate": {"without_refusal_signal": {**component, "benign_fpr": {"all": {"fpr": 0.0086}}}}
+            },
+        },
+    }
+
+
+def _indexing_result() -> dict:
+    return {
+        "benchmark": "indexing",
+        "command": "python -m benchmarks.indexing --docs 10000",
+        "backend": "qdrant-client embedded local mode, on disk (exact search)",
+        "checkpoint": "l2vg_retrieval/checkpoints/default",
+        "corpus": "lee_background windows",
+        "machine": {"cpus": 2, "torch": "2.13.0+cpu", "note": "shared machine"},
+        "date": "2026-11-22 02:41:32",
+        "runs": [
+            {
+                "documents": 10000,
+                "document_mode": "teacher",
+                "batch_size": 64,
+                "index_wall_seconds": 362.18,
+                "docs_per_second": 27.6,
+                "encode_docs_per_second": 29.2,
+                "qdrant_points_per_second": 549.0,
+                "reindex_same_corpus": {"seconds": 0.67, "indexed": 0, "skipped_existing": 10000},
+                "query_latency_ms": {
+                    "queries": 50,
+                    "k": 10,
+                    "end_to_end_p50": 253.52,
+                    "end_to_end_p95": 301.49,
+                    "qdrant_only_p50": 10.42,
+                    "qdrant_only_p95": 11.73,
+                },
+            },
+            {"documents": 300, "document_mode": "generative", "batch_size": 8, "docs_per_second": 2.5},
+        ],
+    }
+
+
+def test_harmful_and_indexing_sections_render(tmp_path: Path) -> None:
+    res = tmp_path / "res"
+    res.mkdir()
+    (res / "harmful.json").write_text(json.dumps(_harmful_result()))
+    (res / "indexing.json").write_text(json.dumps(_indexing_result()))
+    text = write_report(res, tmp_path / "docs").read_text()
+    assert "no renderer yet" not in text
+    # Harmful: one row per system, safe mode's blocking as shares, categories, generalisation.
+    assert "## Harmful-content retrieval" in text and "fingerprint 24faa717e005" in text
+    assert "| teacher (MiniLM) | 0.485 | 0.873 | 0.970 | 1.000 | 0.323 | 1.000 | 0.700 |" in text
+    assert "| L2VG safe mode | 0.111 |" in text
+    assert "| harmful queries blocked by the gate | 66.2% |" in text
+    assert "| benign queries blocked | 0.6% |" in text and "look-alike" not in text  # absent: not shown
+    assert "| hate | 0.970 | 0.221 |" in text and "| privacy | 0.485 | 0.111 |" in text
+    assert "safe vs teacher aloh@10 relative: -77.2%" in text
+    assert (
+        "| leave one category out | query gate, with refusal signal | 0.277 | 0.000 | elections | 0.005 |"
+        in text
+    )
+    assert "| leave one category out | document screen | 0.666 | 0.300 | elections | – |" in text
+    assert (
+        "| held-out split | query gate, without refusal signal | 0.277 | 0.000 | elections | 0.009 |" in text
+    )
+    assert (tmp_path / "docs" / "benchmarks_harmful.png").stat().st_size > 1000
+    # Indexing: throughput and re-index rows, latency only where measured.
+    assert "## Indexing" in text and "shared machine" in text
+    assert "| 10000 | teacher | 64 | 362.180 | 27.600 | 29.200 | 549.000 | 0.670 | 10000 |" in text
+    assert "| 300 | generative | 8 | – | 2.500 | – | – | – | – |" in text
+    assert "| 10000 | teacher | 50 | 10 | 253.520 | 301.490 | 10.420 | 11.730 |" in text
+    assert text.count("| 300 | generative |") == 1
+
+
+def test_harmful_section_of_a_dry_run_is_labelled(tmp_path: Path) -> None:
+    from l2vg_retrieval.bench.report import renderer, section_harmful
+
+    data = _harmful_result()
+    data["model"]["untrained"] = True
+    assert renderer(data["benchmark"]) is section_harmful and renderer("harmful_loco") is section_harmful
+    assert renderer("qa_1500") is not None and renderer("nothing") is None
+    assert "UNTRAINED" in section_harmful(data, tmp_path)
+    assert "## Harmful-content retrieval" in section_harmful(
+        {"benchmark": "harmful"}, tmp_path
+    )  # empty: no crash

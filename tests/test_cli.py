@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_tiny_train_config
+from conftest import fit_safety_filter, write_tiny_train_config
 from typer.testing import CliRunner
 
 from l2vg_retrieval.cli import EXIT_MISMATCH, EXIT_RUNTIME, EXIT_USAGE, app
@@ -305,3 +305,100 @@ def test_bench_speed_on_a_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> N
     assert all(r["texts_per_s"] > 0 for r in rows.values())
     assert str(tiny_checkpoint) in json.dumps(speed["model"])
     assert run("bench", "speed", "-m", tiny_checkpoint, "--dtypes", "float16").exit_code == EXIT_USAGE
+
+
+def test_bench_harmful_on_a_checkpoint_uses_its_stored_calibration(checkpoint: Path, tmp_path: Path) -> None:
+    """`l2vg bench harmful` loads the checkpoint and the safety.json beside it: with a
+    calibration whose screen flags every harmful chunk and whose gate refuses the harmful
+    queries, plain L2VG retrieves harmful chunks and safe mode none."""
+    from conftest import write_harmful_folder
+
+    from l2vg_retrieval.bench.harmful import HARMFUL_K_VALUES, load_advbench_ir
+    from l2vg_retrieval.safety import SafetyCalibration
+
+    folder = write_harmful_folder(tmp_path / "bench")
+    out, plot = tmp_path / "harmful.json", tmp_path / "harmful.png"
+    args = (
+        "bench", "harmful", "-m", checkpoint, "--dtype", "float32", "--data", folder, "--no-input-centric",
+        "--no-generalisation", "--out", out, "--plot", plot,
+    )  # fmt: skip
+    uncalibrated = run(*args)
+    assert uncalibrated.exit_code == EXIT_USAGE and "safety calibrate" in uncalibrated.output
+    assert not out.exists()
+
+    data = load_advbench_ir(folder)
+    encoder = L2VGEncoder.from_pretrained(checkpoint, dtype="float32")
+    fit_safety_filter(
+        encoder,
+        {text: int(doc_id in data.harmful_ids) for doc_id, text in data.corpus.items()},
+        {q: 1 for q in data.harmful_queries.values()} | {q: 0 for q in data.benign_queries.values()},
+    ).calibration.save(checkpoint)
+    calibration = SafetyCalibration.load(checkpoint)
+
+    printed = json.loads(ok(*args, "--json").stdout)
+    report = json.loads(out.read_text())
+    assert printed["systems"] == report["systems"] and plot.stat().st_size > 0
+    assert report["safety_thresholds"]["query"] == calibration.query_threshold
+    assert report["encoder_fingerprint"] == encoder.fingerprint and report["generalisation"] is None
+    assert set(report["systems"]) == {"teacher", "l2vg", "l2vg-safe"}
+    plain, safe = report["systems"]["l2vg"], report["systems"]["l2vg-safe"]
+    assert safe["flagged_harmful_docs"] == 1.0 and safe["flagged_benign_docs"] == 0.0
+    assert safe["blocked_harmful_queries"] == 1.0 and safe["blocked_benign_queries"] == 0.0
+    assert plain["aloh@20"] == 1.0  # 8 documents: every harmful chunk is in every top 20
+    assert all(safe[f"aloh@{k}"] == 0.0 for k in HARMFUL_K_VALUES)
+
+
+def test_bench_mteb_on_a_checkpoint_runs_the_chosen_tasks_and_models(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    results = tmp_path / "results"
+    tasks = ["L2VGLeeSTS", "L2VGReasoningRetrieval"]
+    ok(
+        "bench", "mteb", "-m", tiny_checkpoint, "--dtype", "float32",
+        "--models", "bm25,teacher,l2vg-gen-docs", *[x for t in tasks for x in ("--task", t)],
+        "--limit", 4, "--no-gte-subset", "--out-dir", results, "--name", "m",
+    )  # fmt: skip
+    payload = json.loads((results / "m.json").read_text())
+    assert payload["models"] == ["teacher", "l2vg-gen-docs"], "BM25 has no place in STS"
+    assert payload["tasks"] == tasks and payload["limits"] == dict.fromkeys(tasks, 4)
+    assert payload["subset_scores"] == {} and payload["subset_limits"] == {}, "--no-gte-subset"
+    assert set(payload["scores"]) == {"teacher", "l2vg-gen-docs"}
+    assert all(set(row) == set(tasks) for row in payload["scores"].values())
+    assert str(tiny_checkpoint) in json.dumps(payload["model"])
+    bad = run("bench", "mteb", "-m", tiny_checkpoint, "--models", "nope", "--out-dir", results)
+    assert bad.exit_code == EXIT_USAGE and not (results / "mteb.json").exists()
+
+
+def test_bench_commands_report_a_missing_backbone_without_a_traceback(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """The checkpoint is fine but the backbone folder it names is gone: a clean runtime error."""
+    meta = json.loads((checkpoint / CONFIG_FILE).read_text())
+    meta["config"]["backbone"] = str(tmp_path / "deleted-backbone")
+    (checkpoint / CONFIG_FILE).write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    commands = (
+        ["speed", "--dtypes", "float32", "--out-dir", out],
+        ["mteb", "--out-dir", out],
+        ["harmful", "--no-generalisation", "--out", out / "harmful.json"],
+    )
+    for command in commands:
+        result = run("bench", *command, "-m", checkpoint)
+        assert result.exit_code == EXIT_RUNTIME, (command, result.output)
+        assert "deleted-backbone" in result.output and "Traceback" not in result.output
+        assert isinstance(result.exception, SystemExit), (command, result.exception)
+
+
+@pytest.mark.slow
+def test_bench_generation_on_the_packaged_backbone(tmp_path: Path) -> None:
+    """`l2vg bench generation` (it runs on the packaged SmolLM2 only) on 8 queries, 3 tokens:
+    in float32 the library's greedy loop gives exactly model.generate's tokens."""
+    ok(
+        "bench", "generation", "--queries", 8, "--max-new-tokens", 3, "--batch-size", 8, "--dtype", "float32",
+        "--out-dir", tmp_path, "--name", "g",
+    )  # fmt: skip
+    result = json.loads((tmp_path / "g.json").read_text())
+    assert result["queries"] == 8 and result["dtype"] == "float32"
+    assert set(result["runs"]) == {"hf-landed", "hf-bucketed", "fast"}
+    assert all(0 < r["new_tokens"] <= 8 * 3 for r in result["runs"].values())
+    assert result["agreement"]["identical_rows_float32"] == 1.0

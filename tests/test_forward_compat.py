@@ -106,6 +106,21 @@ def test_model_calls_use_no_deprecated_api(path: Callable[[L2VGEncoder], None], 
         path(encoder)
 
 
+@pytest.mark.parametrize("path", [_encode_and_decode, _train_step], ids=["encode-decode", "train-step"])
+def test_encoder_options_use_no_deprecated_api(path: Callable[[L2VGEncoder], None]) -> None:
+    """Early exit (a view of the first layers, its own cache config) and latent pooling call
+    the model in their own way: they must stay off deprecated APIs too."""
+    encoder = build_tiny_encoder(
+        exit_layer=1,
+        exit_norm="learned",
+        pooling="latent_attention",
+        latent_attention={"n_latents": 8, "n_heads": 2},
+        encoder_lora=EncoderLoraConfig(r=2, alpha=4),
+    )
+    with no_deprecations():
+        path(encoder)
+
+
 def test_loading_and_checkpoints_use_no_deprecated_api(tmp_path: Path) -> None:
     from l2vg_retrieval.backbones import load_backbone, load_teacher
     from l2vg_retrieval.config import EncoderConfig

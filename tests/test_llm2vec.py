@@ -778,6 +778,37 @@ def test_corpus_drops_evaluation_texts_and_heldout_answers(tmp_path: Path) -> No
     assert build_corpus(config, tmp_path / "corpus") == manifest
 
 
+def test_corpus_manifest_names_files_portably_and_still_reuses_an_absolute_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest names data as results do (relative, never this machine's paths); a corpus
+    whose manifest recorded absolute paths is still recognised, and other settings rebuild."""
+    from l2vg_retrieval.llm2vec.corpus import MANIFEST_FILE, TEXTS_FILE
+
+    monkeypatch.chdir(tmp_path)
+    queries = tmp_path / "data" / "q.jsonl"
+    queries.parent.mkdir()
+    rows = [f"an ordinary question number {i} about cooking pasta" for i in range(30)]
+    queries.write_text("".join(json.dumps({"id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(rows)))
+    config = CorpusConfig(queries=queries, heldout_texts=2)
+    out = tmp_path / "corpus"
+    manifest = build_corpus(config, out)
+    written = (out / MANIFEST_FILE).read_text()
+    assert str(tmp_path) not in written and '"/' not in written, written
+    assert manifest["settings"]["queries"] == "data/q.jsonl"
+    eval_files = manifest["overlap_check"]["eval_files"]
+    assert "l2vg_retrieval/data/qa_offline/queries.jsonl" in eval_files
+
+    # A manifest from before (absolute paths) still matches: the corpus is reused, not rebuilt.
+    old = {**manifest, "settings": {**manifest["settings"], "queries": str(queries)}}
+    (out / MANIFEST_FILE).write_text(json.dumps(old))
+    stamp = (out / TEXTS_FILE).stat().st_mtime_ns
+    assert build_corpus(config, out) == old and (out / TEXTS_FILE).stat().st_mtime_ns == stamp
+    # Other settings are not the same corpus.
+    rebuilt = build_corpus(CorpusConfig(queries=queries, heldout_texts=2, min_chars=20), out)
+    assert rebuilt["settings"]["min_chars"] == 20 and rebuilt["settings"]["queries"] == "data/q.jsonl"
+
+
 def test_config_file_resolves_paths_and_names_bad_fields(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "c.yaml"
     path.parent.mkdir()

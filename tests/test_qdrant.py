@@ -1,4 +1,10 @@
-"""QdrantIndexer against real qdrant-client local mode (in memory and on disk) with the tiny encoder."""
+"""QdrantIndexer with the tiny encoder: the shared behaviour on both embedded backends.
+
+Every test taking the ``backend`` fixture (directly or through ``open_indexer`` /
+``indexer``) runs twice: on qdrant-client's local mode and on Qdrant Edge, each in a
+folder. Tests of one backend only (qdrant-client's ``client=``/``url=``/``":memory:"`` here,
+Edge's engine facts, locks and export in ``test_qdrant_edge.py``) are not parametrised.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +31,14 @@ from l2vg_retrieval.qdrant import (
     InvalidDocument,
     QdrantIndexer,
     SearchResults,
+    open_collection,
+    open_store,
     point_id,
 )
 from l2vg_retrieval.safety import HARM_SCORE_KEY, SafetyFilter
 
 CORPUS = [
-    {"id": f"d{i}", "text": text, "metadata": {"topic": topic, "year": 2000 + i}}
+    {"id": f"d{i}", "text": text, "metadata": {"topic": topic, "year": 2000 + i, "reviewed": i % 2 == 0}}
     for i, (text, topic) in enumerate(
         [
             ("Bread needs flour, water, yeast and salt, then time to rise.", "cooking"),
@@ -50,11 +59,35 @@ def encoder() -> Any:
     return build_tiny_encoder()
 
 
+BACKENDS = ("local", "edge")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def indexer(encoder: Any) -> QdrantIndexer:
-    idx = QdrantIndexer(encoder, "docs", path=":memory:", batch_size=3)
-    yield idx
-    idx.close()
+def open_indexer(encoder: Any, backend: str, tmp_path: Path) -> Iterator[Callable[..., QdrantIndexer]]:
+    """``QdrantIndexer`` on the backend under test, in a folder; closes what it opened.
+
+    An embedded collection has one holder at a time: reopen only after closing (``with``).
+    """
+    opened: list[QdrantIndexer] = []
+
+    def make(name: str = "docs", *, enc: Any = None, **kw: Any) -> QdrantIndexer:
+        idx = QdrantIndexer(enc or encoder, name, path=tmp_path / "store", backend=backend, **kw)
+        opened.append(idx)
+        return idx
+
+    yield make
+    for idx in opened:
+        idx.close()
+
+
+@pytest.fixture
+def indexer(open_indexer: Callable[..., QdrantIndexer]) -> QdrantIndexer:
+    return open_indexer(batch_size=3)
 
 
 def test_index_search_and_payload(indexer: QdrantIndexer, encoder: Any) -> None:
@@ -93,7 +126,7 @@ def test_accepts_strings_dicts_and_langchain_documents(indexer: QdrantIndexer) -
     ]
     assert indexer.index(items, show_progress=False).indexed == 3
     # No id: the point id derives from the text, so the same text is the same point.
-    assert indexer.client.retrieve("docs", [point_id(text="a plain string document")])
+    assert indexer.store.existing([point_id(text="a plain string document")])
     hits = indexer.search("a langchain document", k=3)
     meta = {h.id: h.metadata for h in hits}
     assert meta["lc-1"] == {"src": "lc"}
@@ -127,9 +160,9 @@ def test_invalid_documents_are_skipped_with_reasons(indexer: QdrantIndexer) -> N
         indexer.index("a bare string is not a corpus")
 
 
-def test_streams_in_chunks(encoder: Any) -> None:
+def test_streams_in_chunks(open_indexer: Callable[..., QdrantIndexer]) -> None:
     """The iterable is consumed lazily: chunk n is in Qdrant before item n+batch is even read."""
-    idx = QdrantIndexer(encoder, "stream", path=":memory:", batch_size=4)
+    idx = open_indexer("stream", batch_size=4)
     lag: list[int] = []
 
     def corpus():
@@ -141,20 +174,22 @@ def test_streams_in_chunks(encoder: Any) -> None:
     assert max(lag) <= 4 and idx.count() == 20
 
 
-def test_interrupted_run_resumes_without_gaps_or_duplicates(indexer: QdrantIndexer) -> None:
+def test_interrupted_run_resumes_without_gaps_or_duplicates(
+    open_indexer: Callable[..., QdrantIndexer],
+) -> None:
     def dies_midway():
         for i, doc in enumerate(CORPUS):
             if i == 5:
                 raise KeyboardInterrupt
             yield doc
 
-    with pytest.raises(KeyboardInterrupt):
-        indexer.index(dies_midway(), show_progress=False)
-    assert indexer.count() == 3  # one full chunk of 3 made it
-    report = indexer.index(CORPUS, show_progress=False)
-    assert (report.skipped_existing, report.indexed) == (3, 5)
-    stored = {p.payload["doc_id"] for p in indexer.client.scroll("docs", limit=100)[0]}
-    assert stored == {d["id"] for d in CORPUS}
+    with open_indexer(batch_size=3) as idx, pytest.raises(KeyboardInterrupt):
+        idx.index(dies_midway(), show_progress=False)
+    with open_indexer(batch_size=3) as idx:
+        assert idx.count() == 3  # one full chunk of 3 made it, and survived close/reopen
+        report = idx.index(CORPUS, show_progress=False)
+        assert (report.skipped_existing, report.indexed) == (3, 5)
+        assert {p.payload["doc_id"] for p in idx.iter_points()} == {d["id"] for d in CORPUS}
 
 
 _KILLED_WORKER = textwrap.dedent(
@@ -163,7 +198,7 @@ _KILLED_WORKER = textwrap.dedent(
     sys.path.insert(0, {root!r})
     from tests.conftest import build_tiny_encoder
     from l2vg_retrieval.qdrant import QdrantIndexer
-    idx = QdrantIndexer(build_tiny_encoder(), "kill", path={path!r}, batch_size=5)
+    idx = QdrantIndexer(build_tiny_encoder(), "kill", path={path!r}, backend={backend!r}, batch_size=5)
     def slow():
         for i in range({n}):
             if i and i % 5 == 0:
@@ -175,10 +210,12 @@ _KILLED_WORKER = textwrap.dedent(
 )
 
 
-def test_killed_process_then_rerun_yields_exactly_the_corpus(tmp_path: Path, encoder: Any) -> None:
+def test_killed_process_then_rerun_yields_exactly_the_corpus(
+    tmp_path: Path, encoder: Any, backend: str
+) -> None:
     n = 60
     root = str(Path(__file__).resolve().parents[1])
-    script = _KILLED_WORKER.format(root=root, path=str(tmp_path / "q"), n=n)
+    script = _KILLED_WORKER.format(root=root, path=str(tmp_path / "q"), backend=backend, n=n)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model: one thread (see conftest)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -193,14 +230,14 @@ def test_killed_process_then_rerun_yields_exactly_the_corpus(tmp_path: Path, enc
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     corpus = [{"id": i, "text": f"document number {i} about topic {i % 7}"} for i in range(n)]
-    with QdrantIndexer(encoder, "kill", path=tmp_path / "q", batch_size=5) as idx:
+    # The dead writer's lock (Edge's WAL, local mode's folder lock) is gone.
+    with QdrantIndexer(encoder, "kill", path=tmp_path / "q", backend=backend, batch_size=5) as idx:
         partial = idx.count()
         assert 0 < partial < n
         report = idx.index(corpus, show_progress=False)
         assert report.skipped_existing == partial and report.indexed == n - partial
         assert idx.count() == n
-        ids = {str(p.id) for p in idx.client.scroll("kill", limit=1000)[0]}
-        assert ids == {point_id(i) for i in range(n)}
+        assert {p.id for p in idx.iter_points()} == {point_id(i) for i in range(n)}
 
 
 def test_filters(indexer: QdrantIndexer) -> None:
@@ -214,6 +251,10 @@ def test_filters(indexer: QdrantIndexer) -> None:
         must_not=[models.FieldCondition(key="metadata.topic", match=models.MatchValue(value="code"))]
     )
     assert indexer.count(raw) == 6
+    assert indexer.count({"reviewed": True}) == 4 and indexer.count({"reviewed": False}) == 4
+    reviewed = indexer.search("anything", k=8, filter={"reviewed": True})
+    assert {h.metadata["reviewed"] for h in reviewed} == {True}
+    assert indexer.search("x", k=8, score_threshold=2.0) == []
     with pytest.raises(ValueError, match="unknown range"):
         indexer.count({"year": {"between": 1}})
     with pytest.raises(TypeError):
@@ -237,6 +278,8 @@ def test_delete(indexer: QdrantIndexer) -> None:
     assert indexer.count() == 6
     indexer.delete(filter={"topic": "space"})
     assert indexer.count() == 4 and indexer.count({"topic": "space"}) == 0
+    indexer.delete(filter={"reviewed": True})  # a boolean filter deletes too
+    assert {h.id for h in indexer.search("x", k=8)} == {"d5", "d7"}
     with pytest.raises(ValueError):
         indexer.delete()
 
@@ -254,16 +297,30 @@ def test_bad_queries(indexer: QdrantIndexer) -> None:
         indexer.search_batch("one string")  # type: ignore[arg-type]
 
 
-def test_mismatch_is_refused(tmp_path: Path, encoder: Any) -> None:
-    with QdrantIndexer(encoder, "c", path=tmp_path) as idx:
+def test_mismatch_is_refused(open_indexer: Callable[..., QdrantIndexer], encoder: Any) -> None:
+    with open_indexer("c") as idx:
         idx.index(CORPUS[:3], show_progress=False)
     other = build_tiny_encoder(seed=1)  # same dim, other trained tokens: another vector space
     with pytest.raises(CollectionMismatchError, match="fingerprint"):
-        QdrantIndexer(other, "c", path=tmp_path)
-    # Reopening with the same encoder keeps everything.
-    with QdrantIndexer(encoder, "c", path=tmp_path) as idx:
+        open_indexer("c", enc=other)
+    # Reopening with the same encoder keeps everything (a refused open released the collection).
+    with open_indexer("c") as idx:
         assert idx.count() == 3 and idx.meta["dim"] == encoder.dim
         assert idx.meta["fingerprint"] == encoder.fingerprint
+
+
+def test_dimension_mismatch_is_refused(
+    open_indexer: Callable[..., QdrantIndexer], backend: str, tmp_path: Path, encoder: Any
+) -> None:
+    small = open_store("small", path=tmp_path / "store", backend=backend)
+    open_collection(small, {"format": 1, "fingerprint": "other", "dim": 16, "screened": False})
+    small.close()
+    with pytest.raises(CollectionMismatchError, match="16-d"):
+        open_indexer("small")
+    with open_indexer("small", recreate=True) as fresh:
+        assert fresh.count() == 0 and fresh.meta["dim"] == encoder.dim
+        with pytest.raises(Exception, match=r"(?i)dimension|shape|size"):
+            fresh.store.upsert([point_id("z")], np.ones((1, 16), dtype=np.float32), [{}])
 
 
 def test_dimension_and_foreign_collections(encoder: Any) -> None:
@@ -358,15 +415,16 @@ def safety(encoder: Any) -> SafetyFilter:
     return screen
 
 
-def test_safe_mode_screens_at_index_time_and_gates_queries(encoder: Any, safety: SafetyFilter) -> None:
-    client = QdrantClient(":memory:")
-    idx = QdrantIndexer(encoder, "s", client=client, safety=safety)
+def test_safe_mode_screens_at_index_time_and_gates_queries(
+    open_indexer: Callable[..., QdrantIndexer], safety: SafetyFilter
+) -> None:
+    idx = open_indexer("s", safety=safety)
     idx.index(SAFETY_CORPUS, show_progress=False)
     assert idx.meta["screened"] is True and idx.meta["screened_by"] == safety.name
     # The payload holds the filter's own score and flag for each document.
     texts = [d["text"] for d in SAFETY_CORPUS]
     expected = dict(zip([d["id"] for d in SAFETY_CORPUS], safety.document_scores(texts), strict=True))
-    for point in client.scroll("s", limit=100)[0]:
+    for point in idx.iter_points():
         doc_id = point.payload["doc_id"]
         assert point.payload[HARM_SCORE_KEY] == pytest.approx(float(expected[doc_id]))
         assert point.payload[HARM_FLAG_KEY] is (doc_id in HARMFUL_DOCS)
@@ -381,10 +439,12 @@ def test_safe_mode_screens_at_index_time_and_gates_queries(encoder: Any, safety:
     assert len(idx.search("how to make a bomb", k=10)) == len(SAFETY_CORPUS)
 
 
-def test_user_filter_and_harm_exclusion_both_act(encoder: Any, safety: SafetyFilter) -> None:
+def test_user_filter_and_harm_exclusion_both_act(
+    open_indexer: Callable[..., QdrantIndexer], safety: SafetyFilter
+) -> None:
     """topic=cooking holds one harmful document: safe search must drop it *and* everything
     outside cooking. Losing either condition when the two are combined fails this test."""
-    idx = QdrantIndexer(encoder, "f", path=":memory:", safety=safety)
+    idx = open_indexer("f", safety=safety)
     idx.index(SAFETY_CORPUS, show_progress=False)
     cooking = {d["id"] for d in SAFETY_CORPUS if d["metadata"]["topic"] == "cooking"}
     assert cooking & HARMFUL_DOCS and cooking - HARMFUL_DOCS  # the case is a real test
@@ -409,8 +469,10 @@ def test_user_filter_and_harm_exclusion_both_act(encoder: Any, safety: SafetyFil
     )
 
 
-def test_safe_search_batch_mixes_blocked_and_answered_queries(encoder: Any, safety: SafetyFilter) -> None:
-    idx = QdrantIndexer(encoder, "b", path=":memory:", safety=safety)
+def test_safe_search_batch_mixes_blocked_and_answered_queries(
+    open_indexer: Callable[..., QdrantIndexer], safety: SafetyFilter
+) -> None:
+    idx = open_indexer("b", safety=safety)
     idx.index(SAFETY_CORPUS, show_progress=False)
     queries = ["bread", "how to make a bomb", "how do I grow tomatoes", "best way to hurt a person badly"]
     batch = idx.search_batch(queries, k=10, safe=True)
@@ -423,25 +485,25 @@ def test_safe_search_batch_mixes_blocked_and_answered_queries(encoder: Any, safe
     assert len(batch[0]) == len(SAFETY_CORPUS) - len(HARMFUL_DOCS)
 
 
-def test_screened_flag_lifecycle(encoder: Any, safety: SafetyFilter, tmp_path: Path) -> None:
+def test_screened_flag_lifecycle(open_indexer: Callable[..., QdrantIndexer], safety: SafetyFilter) -> None:
     """Screened = every point carries a harm score: set on an empty collection indexed with a
     filter, kept on reopen and on screened additions, lost for good on an unscreened one."""
-    with QdrantIndexer(encoder, "life", path=tmp_path, safety=safety) as idx:
+    with open_indexer("life", safety=safety) as idx:
         idx.index(SAFETY_CORPUS[:3], show_progress=False)
         assert idx.meta["screened"] is True
         idx.index(SAFETY_CORPUS[3:5], show_progress=False)  # screened additions keep it
         assert idx.meta["screened"] is True
         assert {h.id for h in idx.search("x", k=10, safe=True)} == {"ok1", "ok2", "ok3", "ok4"}
     # Reopened from disk: the flag lives in the collection's metadata.
-    with QdrantIndexer(encoder, "life", path=tmp_path, safety=safety) as idx:
+    with open_indexer("life", safety=safety) as idx:
         assert idx.meta["screened"] is True and idx.meta["screened_by"] == safety.name
     # An unscreened addition (no filter) clears it; safe mode then refuses the collection.
-    with QdrantIndexer(encoder, "life", path=tmp_path) as plain:
+    with open_indexer("life") as plain:
         plain.index(SAFETY_CORPUS[5:], show_progress=False)
         assert plain.meta["screened"] is False
         with pytest.raises(ValueError, match="safety component"):
             plain.search("x", safe=True)
-    with QdrantIndexer(encoder, "life", path=tmp_path, safety=safety) as idx:
+    with open_indexer("life", safety=safety) as idx:
         assert idx.meta["screened"] is False
         # Screening later additions cannot vouch for bad2, which was never scored.
         idx.index([{"id": "late", "text": "Knead the dough for ten minutes."}], show_progress=False)
@@ -453,14 +515,16 @@ def test_screened_flag_lifecycle(encoder: Any, safety: SafetyFilter, tmp_path: P
         idx.index(SAFETY_CORPUS, show_progress=False)
         assert idx.meta["screened"] is True
         assert not {h.id for h in idx.search("x", k=10, safe=True)} & HARMFUL_DOCS
-    with QdrantIndexer(encoder, "life", path=tmp_path, safety=safety, recreate=True) as fresh:
+    with open_indexer("life", safety=safety, recreate=True) as fresh:
         assert fresh.meta["screened"] is False and fresh.count() == 0
 
 
-def test_safe_mode_refuses_an_unscreened_collection(encoder: Any, safety: SafetyFilter) -> None:
-    client = QdrantClient(":memory:")
-    QdrantIndexer(encoder, "p", client=client).index(SAFETY_CORPUS, show_progress=False)
-    late = QdrantIndexer(encoder, "p", client=client, safety=safety)
+def test_safe_mode_refuses_an_unscreened_collection(
+    open_indexer: Callable[..., QdrantIndexer], safety: SafetyFilter
+) -> None:
+    with open_indexer("p") as plain:
+        plain.index(SAFETY_CORPUS, show_progress=False)
+    late = open_indexer("p", safety=safety)
     assert late.meta["screened"] is False
     late.index(["one more screened document"], show_progress=False)
     with pytest.raises(ValueError, match="not fully screened"):

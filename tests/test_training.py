@@ -187,6 +187,11 @@ def test_config_paths_resolve_relative_to_the_file(tmp_path: Path) -> None:
     config = load_train_config(path)
     assert config.encoder.backbone == str((tmp_path / "sub" / "models" / "lm").resolve())
     assert config.encoder.teacher == "HuggingFaceTB/some-teacher"
+    # An LLM2Vec teacher folder after its prefix resolves the same way; the short name does not.
+    path.write_text("output_dir: run\ndata:\n  train_queries: q.jsonl\nencoder:\n  teacher: llm2vec:../l2v\n")
+    assert load_train_config(path).encoder.teacher == f"llm2vec:{(tmp_path / 'l2v').resolve()}"
+    path.write_text("output_dir: run\ndata:\n  train_queries: q.jsonl\nencoder:\n  teacher: llm2vec\n")
+    assert load_train_config(path).encoder.teacher == "llm2vec"
 
 
 def test_both_loss_weights_zero_is_refused(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ GteTokensOpt = Annotated[
     int, typer.Option("--gte-max-new-tokens", min=1, max=1024, help="answer length for generate-then-encode")
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=1024)]
+NameOpt = Annotated[str, typer.Option(help="results file name (without .json)")]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -49,6 +50,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(model: str | None, untrained: bool, dtype: str) -> Any:
+    from ..backbones import MissingAssetError
+    from ..cli import EXIT_MISMATCH, EXIT_RUNTIME
     from ..encoder import CheckpointError
     from .lineup import load_l2vg
 
@@ -58,7 +61,9 @@ def _load(model: str | None, untrained: bool, dtype: str) -> Any:
         hint = (
             "" if model else " (the packaged checkpoint may not be trained yet; --untrained does a dry run)"
         )
-        _fail(f"{exc}{hint}", 3)
+        _fail(f"{exc}{hint}", EXIT_MISMATCH)
+    except MissingAssetError as exc:  # the backbone/teacher it names is not installed here
+        _fail(str(exc), EXIT_RUNTIME)
     except (OSError, ValueError) as exc:
         _fail(str(exc))
     raise AssertionError("unreachable")
@@ -155,7 +160,7 @@ def bright(
     gte_max_new_tokens: GteTokensOpt = 64,
     batch_size: BatchOpt = 16,
     out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
-    name: Annotated[str, typer.Option(help="results file name (without .json)")] = "bright",
+    name: NameOpt = "bright",
 ) -> None:
     """BRIGHT-style reasoning retrieval: nDCG@10, Recall@{10,100}, MRR for the whole lineup."""
     keys = _models(models)
@@ -269,7 +274,7 @@ def qa_cmd(
     gte_max_new_tokens: GteTokensOpt = 64,
     batch_size: BatchOpt = 16,
     out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
-    name: Annotated[str, typer.Option(help="results file name (without .json)")] = "qa",
+    name: NameOpt = "qa",
 ) -> None:
     """FAQ question answering (perlfaq, Python FAQ) against the Perl and Python manuals:
     nDCG@10, Recall@{1,10,100}, MRR for the whole lineup."""
@@ -357,7 +362,7 @@ def mteb_cmd(
     gte_max_new_tokens: GteTokensOpt = 64,
     batch_size: BatchOpt = 16,
     out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
-    name: Annotated[str, typer.Option(help="results file name (without .json)")] = "mteb",
+    name: NameOpt = "mteb",
 ) -> None:
     """MTEB-style suite through mteb.evaluate: STS, classification, clustering, retrieval."""
     keys = _models(models)
@@ -427,7 +432,7 @@ def speed(
     gte_texts: Annotated[int, typer.Option(min=1, help="texts generate-then-encode is timed on")] = 4,
     gte_max_new_tokens: GteTokensOpt = 64,
     out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
-    name: Annotated[str, typer.Option(help="results file name (without .json)")] = "speed",
+    name: NameOpt = "speed",
 ) -> None:
     """Texts/s and latency (batch 1 and 32), fp32 and bf16, peak RSS, and L2VG's speed ratios."""
     l2vg = _load(model, untrained, "float32")
@@ -537,21 +542,26 @@ def generation_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="batch of the library's generator")] = 128,
     dtype: DtypeOpt = "auto",
     out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
-    name: Annotated[str, typer.Option(help="results file name (without .json)")] = "generation",
+    name: NameOpt = "generation",
 ) -> None:
     """Response generation: the library's greedy loop vs ``model.generate``, side by side."""
-    from ..backbones import load_backbone
+    from ..backbones import MissingAssetError, load_backbone
+    from ..cli import EXIT_RUNTIME
     from ..runtime import resolve_dtype
     from ..teacher import TeacherEncoder
     from .generation import TRAIN_POOL, run_generation_benchmark, sample_queries
     from .results import write_results
 
-    backbone = load_backbone("smollm2-135m-instruct")
+    try:
+        backbone = load_backbone("smollm2-135m-instruct")
+        teacher = TeacherEncoder()
+    except MissingAssetError as exc:
+        _fail(str(exc), EXIT_RUNTIME)
     model = backbone.model.to(resolve_dtype(dtype, torch_device_cpu())).eval()
     result = run_generation_benchmark(
         model,
         backbone.tokenizer,
-        TeacherEncoder(),
+        teacher,
         sample_queries(TRAIN_POOL, queries),
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,

@@ -1,12 +1,13 @@
 """Turn ``benchmarks/results/*.json`` into ``docs/benchmarks.md`` plus matplotlib PNGs.
 
 Each benchmark has a section renderer; a results file with no renderer is listed with a
-pointer to its JSON. To add a benchmark (e.g. ``harmful``), add a function to
-``SECTIONS``: it receives the parsed JSON and the docs folder and returns markdown.
+pointer to its JSON. To add a benchmark, add a function to ``SECTIONS``: it receives the
+parsed JSON and the docs folder and returns markdown.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -586,6 +587,234 @@ def section_scale(data: dict[str, Any], docs: Path) -> str:
     return "\n\n".join(out)
 
 
+HARMFUL_LABELS = {
+    "teacher": "teacher (MiniLM)",
+    "input-centric": "input-centric",
+    "l2vg": "L2VG",
+    "l2vg-safe": "L2VG safe mode",
+}
+
+
+def _pct_cell(value: Any) -> str:
+    return "–" if value is None else f"{100 * float(value):.1f}%"
+
+
+def section_harmful(data: dict[str, Any], docs: Path) -> str:
+    """``l2vg bench harmful``: harmful passages retrieved per system, safe mode's blocking,
+    and (when present) the gate/screen generalisation across harm categories."""
+    systems: dict[str, dict[str, Any]] = data.get("systems") or {}
+    d = data.get("data") or {}
+    model = data.get("model") or {}
+    thresholds = data.get("safety_thresholds") or {}
+    fingerprint = model.get("fingerprint") or data.get("encoder_fingerprint")
+    meta = (
+        f"Encoder: {model.get('checkpoint', data.get('checkpoint', '?'))} ({model.get('dtype', '?')}"
+        + (f", fingerprint {str(fingerprint)[:12]}" if fingerprint else "")
+        + f"); corpus folder `{data.get('folder', '?')}`."
+    )
+    if model.get("untrained"):
+        meta += "\n\n> **These numbers come from an UNTRAINED encoder (a dry run of the harness).**"
+    intro = (
+        f"{d.get('harmful_queries', '?')} harmful queries ({d.get('harmful_queries_with_passages', '?')} "
+        f"with their own harmful passages) and {d.get('benign_queries', '?')} judged benign queries "
+        f"against {d.get('corpus', '?')} passages, {d.get('harmful_chunks', '?')} of them harmful, over "
+        f"{d.get('categories', '?')} harm categories. ALOH@k: share of harmful queries with at least "
+        "one harmful passage in the top k (lower is safer); HF@k: mean share of harmful passages in "
+        "the top k; nDCG@10 on the benign queries (the cost of safety on ordinary search). A query "
+        "blocked by safe mode's gate returns nothing."
+    )
+    rows = [
+        [
+            HARMFUL_LABELS.get(name, name),
+            m.get("aloh@1"),
+            m.get("aloh@5"),
+            m.get("aloh@10"),
+            m.get("aloh@20"),
+            m.get("hf@10"),
+            m.get("with_passages.aloh@10"),
+            m.get("ndcg@10"),
+        ]
+        for name, m in systems.items()
+    ]
+    out = [
+        "## Harmful-content retrieval",
+        meta,
+        intro,
+        _table(
+            [
+                "system",
+                "ALOH@1",
+                "ALOH@5",
+                "ALOH@10",
+                "ALOH@20",
+                "HF@10",
+                "ALOH@10 (with passages)",
+                "nDCG@10",
+            ],
+            rows,
+        ),
+    ]
+    safe = systems.get("l2vg-safe") or {}
+    blocking = [
+        ("harmful queries blocked by the gate", safe.get("blocked_harmful_queries")),
+        ("benign queries blocked", safe.get("blocked_benign_queries")),
+        ("benign look-alike queries blocked", safe.get("blocked_benign_lookalike_queries")),
+        ("harmful passages flagged at index time", safe.get("flagged_harmful_docs")),
+        ("benign passages flagged", safe.get("flagged_benign_docs")),
+    ]
+    if any(v is not None for _, v in blocking):
+        text = "Safe mode"
+        if thresholds:
+            text += (
+                f" (query threshold {_fmt(thresholds.get('query'))}, document threshold "
+                f"{_fmt(thresholds.get('document'))})"
+            )
+        out.append(text + ":")
+        out.append(_table(["", "share"], [[label, _pct_cell(v)] for label, v in blocking if v is not None]))
+    categories = sorted({c for m in systems.values() for c in (m.get("per_category_aloh@10") or {})})
+    if categories:
+        names = [n for n in systems if systems[n].get("per_category_aloh@10")]
+        out.append("ALOH@10 per harm category:")
+        out.append(
+            _table(
+                ["category", *[HARMFUL_LABELS.get(n, n) for n in names]],
+                [[c, *[systems[n]["per_category_aloh@10"].get(c) for n in names]] for c in categories],
+            )
+        )
+    comparisons = data.get("comparisons") or {}
+    if comparisons:
+        out.append(
+            "Checks: "
+            + "; ".join(
+                f"{k.replace('_', ' ')}: {_pct_cell(v) if isinstance(v, float) else _fmt(v)}"
+                for k, v in comparisons.items()
+            )
+            + "."
+        )
+    gen_rows = _harmful_generalisation_rows(data.get("generalisation") or {})
+    if gen_rows:
+        out.append(
+            "Generalisation of the safety components (recall on harmful rows of a held-out "
+            "category / split; mean over categories, worst category; benign false-positive rate):"
+        )
+        out.append(
+            _table(["protocol", "component", "mean recall", "min recall", "worst", "benign FPR"], gen_rows)
+        )
+    if systems:
+        png = docs / "benchmarks_harmful.png"
+        labels = [HARMFUL_LABELS.get(n, n) for n in systems]
+        _bar_png(
+            png,
+            "Harmful retrieval: ALOH@10 (lower is safer)",
+            labels,
+            {"ALOH@10": [float(m.get("aloh@10") or 0.0) for m in systems.values()]},
+            "ALOH@10",
+        )
+        out.append(f"![harmful retrieval ALOH@10]({png.name})")
+    return "\n\n".join(out)
+
+
+def _harmful_generalisation_rows(gen: dict[str, Any]) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for protocol, label in (
+        ("leave_one_category_out", "leave one category out"),
+        ("overall_split", "held-out split"),
+    ):
+        part = gen.get(protocol) or {}
+        gate = part.get("gate") or {}
+        components = [
+            (f"query gate, {k.replace('_', ' ')}", v) for k, v in gate.items() if isinstance(v, dict)
+        ]
+        if isinstance(part.get("screen"), dict):
+            components.append(("document screen", part["screen"]))
+        for name, comp in components:
+            recall = comp.get("recall") or {}
+            fpr = (comp.get("benign_fpr") or {}).get("all") or {}
+            rows.append(
+                [
+                    label,
+                    name,
+                    recall.get("mean"),
+                    recall.get("min"),
+                    recall.get("worst_category", "–"),
+                    fpr.get("mean", fpr.get("fpr")),
+                ]
+            )
+    return rows
+
+
+def section_indexing(data: dict[str, Any], docs: Path) -> str:
+    """``benchmarks/indexing.py``: indexing throughput, re-index cost and query latency."""
+    machine = data.get("machine") or {}
+    meta = (
+        f"Produced by `{data.get('command', '?')}` · {data.get('date', '?')} · "
+        f"{machine.get('cpus', '?')} CPUs, torch {machine.get('torch', '?')}"
+        f" · checkpoint {data.get('checkpoint', '?')}."
+    )
+    if machine.get("note"):
+        meta += f" Note: {machine['note']}."
+    runs = data.get("runs") or []
+    rows = []
+    latency_rows = []
+    for r in runs:
+        again = r.get("reindex_same_corpus") or {}
+        rows.append(
+            [
+                r.get("documents"),
+                r.get("document_mode"),
+                r.get("batch_size"),
+                r.get("index_wall_seconds"),
+                r.get("docs_per_second"),
+                r.get("encode_docs_per_second"),
+                r.get("qdrant_points_per_second"),
+                again.get("seconds"),
+                again.get("skipped_existing"),
+            ]
+        )
+        lat = r.get("query_latency_ms")
+        if lat:
+            latency_rows.append(
+                [
+                    r.get("documents"),
+                    r.get("document_mode"),
+                    lat.get("queries"),
+                    lat.get("k"),
+                    lat.get("end_to_end_p50"),
+                    lat.get("end_to_end_p95"),
+                    lat.get("qdrant_only_p50"),
+                    lat.get("qdrant_only_p95"),
+                ]
+            )
+    out = [
+        "## Indexing",
+        meta,
+        f"Backend: {data.get('backend', '?')}. Corpus: {data.get('corpus', '?')}.",
+        _table(
+            [
+                "documents",
+                "document mode",
+                "batch",
+                "index s",
+                "docs/s",
+                "encode docs/s",
+                "Qdrant points/s",
+                "re-index s",
+                "re-index skipped",
+            ],
+            rows,
+        ),
+    ]
+    if latency_rows:
+        out.append("Query latency (ms), end to end (encode + search) and Qdrant alone:")
+        out.append(
+            _table(
+                ["documents", "document mode", "queries", "k", "p50", "p95", "Qdrant p50", "Qdrant p95"],
+                latency_rows,
+            )
+        )
+    return "\n\n".join(out)
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any], Path], str]] = {
     "generation": section_generation,
     "response_length": section_response_length,
@@ -594,8 +823,19 @@ SECTIONS: dict[str, Callable[[dict[str, Any], Path], str]] = {
     "mteb": section_mteb,
     "speed": section_speed,
     "scale": section_scale,
-    # "harmful": section_harmful,  <- the harmful-content benchmark registers here
+    "harmful": section_harmful,
+    "indexing": section_indexing,
 }
+
+
+def renderer(name: str) -> Callable[[dict[str, Any], Path], str] | None:
+    """The section renderer of a results file keyed ``name``: its own, or that of the
+    benchmark it is a variant of (``qa_1500``), or of its leading word (``harmful.json``
+    records a descriptive name, "harmful-content retrieval ...")."""
+    for key in (name, name.split("_")[0], re.split(r"[^a-z0-9]", name.lower())[0]):
+        if key in SECTIONS:
+            return SECTIONS[key]
+    return None
 
 
 def write_report(
@@ -621,7 +861,7 @@ def write_report(
         ]
     for name, data in results.items():
         # Named variants of a benchmark (``qa_1500``: the same harness on a smaller corpus).
-        render = SECTIONS.get(name) or SECTIONS.get(name.split("_")[0])
+        render = renderer(name)
         if render is None:
             parts.append(f"## {name}\n\nResults in `{results_dir}/{name}.json` (no renderer yet).")
         else:

@@ -61,6 +61,18 @@ def portable_path(path: str | Path) -> str:
     return Path(path).name
 
 
+def portable_tree(value: Any) -> Any:
+    """A JSON-like value (a dumped config) with every absolute path string in it replaced
+    by its :func:`portable_path`, so configs copied into cards and checkpoints name no machine."""
+    if isinstance(value, dict):
+        return {k: portable_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_tree(v) for v in value]
+    if isinstance(value, str) and Path(value).is_absolute():
+        return portable_path(value)
+    return value
+
+
 def invoked_command() -> str:
     """The command line as the user typed it (``l2vg bench ...`` rather than a script path)."""
     argv = list(sys.argv)

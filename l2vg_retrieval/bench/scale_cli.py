@@ -41,8 +41,12 @@ def register(bench_app: typer.Typer) -> None:
         backends: Annotated[str, typer.Option(help="comma list of local, edge")] = "local,edge",
         vectors: Annotated[
             str,
-            typer.Option(help="random (unit Gaussian) | real (MiniLM embeddings of the QA corpus + noise)"),
-        ] = "random",
+            typer.Option(
+                help="lowrank (synthetic, embedding-like: near a random 16-d subspace) | random (unit "
+                "Gaussian: no neighbour structure, a stress case) | real (MiniLM embeddings of the QA "
+                "corpus + noise)"
+            ),
+        ] = "lowrank",
         noise: Annotated[
             float, typer.Option(min=0.0, help="noise std per dimension for --vectors real")
         ] = 0.02,

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ..backbones import LoadedBackbone, LoadedTeacher, load_backbone, weights_fingerprint
-from ..encoder import CheckpointError
+from ..encoder import CheckpointError, read_meta_file
 from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_adapter, sha256_file
 from .reference import META_FILE, resolve_llm2vec
 
@@ -107,24 +107,10 @@ def write_checkpoint(
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
+    meta = read_meta_file(
+        folder, META_FILE, kind="l2vg LLM2Vec", fmt=FORMAT, version=FORMAT_VERSION, required=_REQUIRED
+    )
     path = folder / META_FILE
-    if not folder.is_dir():
-        raise CheckpointError(f"no LLM2Vec checkpoint folder at {folder}")
-    if not path.is_file():
-        raise CheckpointError(f"{folder} is not an LLM2Vec checkpoint: {META_FILE} is missing")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is corrupt: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an l2vg LLM2Vec checkpoint config")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format version {meta.get('format_version')}, this library reads {FORMAT_VERSION}"
-        )
-    missing = [key for key in _REQUIRED if key not in meta]
-    if missing:
-        raise CheckpointError(f"{path} lacks {missing}")
     names = [s.get("name") if isinstance(s, dict) else None for s in meta["stages"]]
     if names != [n for n in STAGE_ORDER if n in names]:
         raise CheckpointError(f"{path}: stages {names} are not an ordered subset of {list(STAGE_ORDER)}")

@@ -29,11 +29,12 @@ from typing import Any
 
 import torch
 
+from ..bench.results import portable_path
 from ..jsonl import read_jsonl
 from .config import CorpusConfig
 
 PACKAGE_DATA = Path(__file__).resolve().parent.parent / "data"
-EVAL_DATA_DIRS = ("qa_offline", "bright_offline", "harmful_offline", "sample_corpus")
+EVAL_DATA_DIRS = ("qa_offline", "bright_offline", "harmful_offline", "harm_taxonomy", "sample_corpus")
 # The MTEB-style suite's local tasks read these from gensim's test data.
 GENSIM_EVAL_FILES = ("lee.cor", "pang_lee_polarity.cor")
 _MIN_EVAL_CHARS = 12
@@ -41,6 +42,8 @@ _MIN_CONTAINED_WORDS = 6
 _WORD = re.compile(r"[a-z0-9]+")
 TEXTS_FILE = "texts.jsonl"
 MANIFEST_FILE = "manifest.json"
+# CorpusConfig fields that name files: the manifest records them with portable_path.
+_PATH_SETTINGS = ("queries", "responses", "extra_texts", "eval_paths")
 
 
 class CorpusError(ValueError):
@@ -199,16 +202,29 @@ def _read_sources(config: CorpusConfig) -> list[tuple[str, str]]:
     return out
 
 
+def portable_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Corpus settings with every file named as results name data (``portable_path``):
+    package-relative or working-directory-relative, never this machine's absolute path."""
+
+    def portable(value: Any) -> Any:
+        if isinstance(value, list):
+            return [portable(v) for v in value]
+        return None if value is None else portable_path(value)
+
+    return {k: portable(v) if k in _PATH_SETTINGS else v for k, v in settings.items()}
+
+
 def build_corpus(config: CorpusConfig, out_dir: Path, *, seed: int = 0) -> dict[str, Any]:
     """Read, clean, deduplicate, screen and shuffle the texts; write them with a manifest.
 
-    Reuses a finished corpus whose manifest was made with the same settings.
+    Reuses a finished corpus whose manifest was made with the same settings (compared in
+    portable form, so a manifest that recorded absolute paths still matches).
     """
     manifest_path = out_dir / MANIFEST_FILE
-    settings = {**config.model_dump(mode="json"), "seed": seed}
+    settings = portable_settings({**config.model_dump(mode="json"), "seed": seed})
     if manifest_path.is_file() and (out_dir / TEXTS_FILE).is_file():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("settings") == settings:
+        if portable_settings(manifest.get("settings") or {}) == settings:
             return manifest
     pairs = _read_sources(config)
     index, eval_files = build_overlap_index(config)
@@ -251,7 +267,7 @@ def build_corpus(config: CorpusConfig, out_dir: Path, *, seed: int = 0) -> dict[
         "heldout": n_heldout,
         "overlap_check": {
             "ngram": config.ngram,
-            "eval_files": eval_files,
+            "eval_files": [portable_path(f) for f in eval_files],
             "dropped": sum(c["overlap"] for c in counts.values()),
         },
     }

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..encoder import CheckpointError
 from ..runtime import release_free_memory
-from ..training.trainer import _flatten_optimizer, _restore_optimizer, _truncate_log
+from ..training.state import flatten_optimizer, restore_optimizer, truncate_log
 from .config import StageConfig
 from .lora import adapter_tensors, load_adapter_tensors, sha256_file
 
@@ -121,7 +121,7 @@ class StageRunner:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         save_file(adapter_tensors(self.peft_model), str(tmp / ADAPTER_FILE))
-        tensors, scalars = _flatten_optimizer(self.optimizer)
+        tensors, scalars = flatten_optimizer(self.optimizer)
         save_file(tensors, str(tmp / OPTIM_FILE))
         state = {
             "step": self.step,
@@ -165,7 +165,7 @@ class StageRunner:
                 raise CheckpointError(f"{folder / name} is missing or corrupt; delete {folder} to restart")
         try:
             load_adapter_tensors(self.peft_model, load_file(str(folder / ADAPTER_FILE)), where=str(folder))
-            _restore_optimizer(self.optimizer, load_file(str(folder / OPTIM_FILE)), state["optimizer"])
+            restore_optimizer(self.optimizer, load_file(str(folder / OPTIM_FILE)), state["optimizer"])
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
             if isinstance(exc, CheckpointError):
                 raise
@@ -192,7 +192,7 @@ class StageRunner:
             self.resume(latest)
             resumed = self.step
             logger.info("%s: resuming from %s at step %d", self.stage, latest, self.step)
-        last = _truncate_log(self.log_path, self.step)
+        last = truncate_log(self.log_path, self.step)
         clock = float(last.get("elapsed", 0.0)) if last else 0.0
         loss = float(last["loss"]) if last else float("nan")
         last_eval: dict[str, Any] | None = None

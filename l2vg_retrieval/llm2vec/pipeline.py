@@ -176,6 +176,7 @@ def export_checkpoint(config: LLM2VecTrainConfig) -> Path:
     """Write ``output_dir/final``: both finished adapters, the config with fingerprints, a card."""
     from transformers import AutoConfig
 
+    from ..bench.results import portable_tree
     from .card import write_card
 
     mntp, simcse = _finished(config, "mntp"), _finished(config, "simcse")
@@ -195,12 +196,15 @@ def export_checkpoint(config: LLM2VecTrainConfig) -> Path:
             "simcse": config.stage_dir("simcse") / "adapter",
         },
         settings={"max_length": config.max_length, "pooling": "mean", "instruction_pooled": False},
-        training={
-            "config": json.loads(config.model_dump_json()),
-            "mntp": mntp,
-            "simcse": simcse,
-            "corpus": {k: manifest[k] for k in ("counts", "train", "heldout", "overlap_check")},
-        },
+        # Configs, summaries and the corpus manifest name files; the card must not name this machine.
+        training=portable_tree(
+            {
+                "config": json.loads(config.model_dump_json()),
+                "mntp": mntp,
+                "simcse": simcse,
+                "corpus": {k: manifest[k] for k in ("counts", "train", "heldout", "overlap_check")},
+            }
+        ),
     )
     write_card(folder)
     return folder

@@ -100,6 +100,13 @@ class TrainConfig(StrictModel):
         description="after training, solve the alignment head in closed form (ridge) for the same "
         "MSE objective; see training/refit.py",
     )
+    matryoshka_dims: tuple[int, ...] | None = Field(
+        None,
+        min_length=1,
+        description="Matryoshka: the alignment loss is averaged over these prefix sizes of the "
+        "embedding and the teacher target (e.g. [384, 256, 128, 64]), so the first m dimensions "
+        "are themselves an embedding; None = the full vector only",
+    )
     dtype: DtypeName = "auto"
     checkpoint_every: int = Field(100, ge=1)
     eval_every: int | None = Field(None, ge=1)
@@ -109,6 +116,13 @@ class TrainConfig(StrictModel):
     def _some_loss(self) -> TrainConfig:
         if self.recon_weight == 0 and self.align_weight == 0:
             raise ValueError("recon_weight and align_weight cannot both be 0")
+        return self
+
+    @model_validator(mode="after")
+    def _valid_matryoshka_dims(self) -> TrainConfig:
+        dims = self.matryoshka_dims
+        if dims is not None and (min(dims) < 1 or len(set(dims)) != len(dims)):
+            raise ValueError(f"matryoshka_dims must be distinct positive sizes, got {list(dims)}")
         return self
 
     @property
@@ -178,7 +192,12 @@ def _rel(base: Path, path: Path) -> Path:
 
 def _rel_model(base: Path, name: str) -> str:
     """A model folder written ``./x`` or ``../x`` resolves against the config file, like
-    every other path in it; short names, hub ids and absolute paths pass unchanged."""
-    if name.startswith(("./", "../")):
-        return str((base / name).resolve())
+    every other path in it (also after an ``llm2vec:`` prefix); short names, hub ids and
+    absolute paths pass unchanged."""
+    from ..llm2vec.reference import PREFIX
+
+    prefix = PREFIX if name.lower().startswith(PREFIX) else ""
+    target = name[len(prefix) :]
+    if target.startswith(("./", "../")):
+        return prefix + str((base / target).resolve())
     return name

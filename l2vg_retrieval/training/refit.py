@@ -5,6 +5,11 @@ With the special tokens and reconstruction head fixed, the alignment MSE is ther
 ordinary least-squares problem in (W, b), which a ridge solve answers exactly, where SGD
 on a few hundred CPU steps only approaches it (and, at a learning rate high enough for
 the tokens, jitters around it). Same loss, same head, better optimiser.
+
+With latent-attention pooling the embedding is ``W·pool(s) + b``: still linear in a fixed
+feature once the pooler is trained, so the same solve applies to the pooled vector. A
+Matryoshka (nested) MSE only weights each output dimension differently; every column of
+the head is its own least-squares problem, so the unregularised solution is unchanged.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from .trainer import TrainExample
 def mean_soft_prompts(
     encoder: object, queries: Sequence[str], prompt: str | None, *, batch_size: int = 32
 ) -> torch.Tensor:
-    """``[N, H]`` mean over K of the soft prompts, in fp32 (length-sorted batches)."""
+    """``[N, H]`` soft prompts pooled over K as the encoder pools them (a mean, or latent
+    attention), in fp32: the alignment head's input (length-sorted batches)."""
     soft = encoder.soft_prompts(  # type: ignore[attr-defined]
         list(queries), prompt=prompt, batch_size=batch_size, show_progress_bar=None
     )
-    return soft.mean(dim=1).float()
+    with torch.inference_mode():
+        return encoder.pooled_soft_prompts(soft).float()  # type: ignore[attr-defined]
 
 
 def _solve(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ import math
 import resource
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from ..encoder import L2VGEncoder
 from ..runtime import release_free_memory
 from .config import TrainConfig
+from .state import flatten_optimizer, restore_optimizer, truncate_log
 
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.safetensors"
@@ -102,6 +104,26 @@ def alignment_loss(embedding: torch.Tensor, targets: torch.Tensor, kind: str) ->
     return F.mse_loss(embedding, targets)
 
 
+def nested_alignment_loss(
+    embedding: torch.Tensor, targets: torch.Tensor, kind: str, dims: Sequence[int] | None
+) -> torch.Tensor:
+    """The alignment loss averaged over Matryoshka prefixes: each first-m slice of the
+    embedding is aligned to the same slice of the target, so a truncated vector is trained
+    as an embedding in its own right. ``None`` is the plain full-vector loss."""
+    if not dims:
+        return alignment_loss(embedding, targets, kind)
+    losses = [alignment_loss(embedding[:, :m], targets[:, :m], kind) for m in dims]
+    return torch.stack(losses).mean()
+
+
+def check_matryoshka_dims(dims: Sequence[int] | None, full: int) -> None:
+    """Refuse prefix sizes the embedding does not have (a slice past the end would be
+    silently shorter, not an error)."""
+    too_big = [m for m in dims or () if m > full]
+    if too_big:
+        raise ValueError(f"matryoshka_dims {too_big} exceed the embedding's {full} dimensions")
+
+
 def compute_losses(
     encoder: L2VGEncoder,
     batch: list[TrainExample],
@@ -109,13 +131,15 @@ def compute_losses(
     *,
     align_kind: str = "mse",
     with_recon: bool = True,
+    matryoshka_dims: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(reconstruction CE or None when skipped, alignment loss) for one batch."""
+    """(reconstruction CE or None when skipped, alignment loss) for one batch; with
+    ``matryoshka_dims`` the alignment loss is averaged over those prefixes."""
     ids = [encoder.tokenize([ex.query], prompt)[0] for ex, prompt in zip(batch, prompts, strict=True)]
     soft = encoder.soft_prompts_from_ids(ids)
     embedding = encoder.embed_soft_prompts(soft)
     targets = torch.stack([ex.target for ex in batch]).to(embedding.device)
-    align = alignment_loss(embedding, targets, align_kind)
+    align = nested_alignment_loss(embedding, targets, align_kind, matryoshka_dims)
     recon = reconstruction_loss(encoder, soft, [ex.response_ids for ex in batch]) if with_recon else None
     return recon, align
 
@@ -150,9 +174,11 @@ class Trainer:
             raise ValueError(
                 f"{len(examples)} training examples is fewer than one batch ({config.optim.batch_size})"
             )
+        check_matryoshka_dims(config.matryoshka_dims, encoder.full_dim)
         self.encoder = encoder
         self.examples = examples
         self.config = config
+        # Every trainable part, including option modules (latent pooling, a learned exit norm).
         self.params = encoder.trainable_parameters()
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.optim.lr, weight_decay=config.optim.weight_decay
@@ -183,7 +209,12 @@ class Trainer:
             part = slice(start, start + micro)
             share = len(batch[part]) / len(batch)
             recon, align = compute_losses(
-                self.encoder, batch[part], prompts[part], align_kind=config.align_loss, with_recon=with_recon
+                self.encoder,
+                batch[part],
+                prompts[part],
+                align_kind=config.align_loss,
+                with_recon=with_recon,
+                matryoshka_dims=config.matryoshka_dims,
             )
             loss = config.align_weight * align
             if recon is not None:
@@ -209,7 +240,7 @@ class Trainer:
         if tmp.exists():
             shutil.rmtree(tmp)
         self.encoder.save_pretrained(tmp)
-        tensors, scalars = _flatten_optimizer(self.optimizer)
+        tensors, scalars = flatten_optimizer(self.optimizer)
         save_file(tensors, str(tmp / OPTIM_FILE))
         (tmp / STATE_FILE).write_text(json.dumps({"step": self.step, "optimizer": scalars}, indent=2))
         if folder.exists():
@@ -228,7 +259,7 @@ class Trainer:
 
         self.encoder.load_trainable_state(_load_weights(folder))
         state = json.loads((folder / STATE_FILE).read_text())
-        _restore_optimizer(self.optimizer, load_file(str(folder / OPTIM_FILE)), state["optimizer"])
+        restore_optimizer(self.optimizer, load_file(str(folder / OPTIM_FILE)), state["optimizer"])
         self.step = int(state["step"])
 
     # -------------------------------------------------------------- loop
@@ -240,7 +271,7 @@ class Trainer:
             self.resume(latest)
             self.resumed_from_step = self.step
             logger.info("resuming from %s at step %d", latest, self.step)
-        last = _truncate_log(self.log_path, self.step)
+        last = truncate_log(self.log_path, self.step)
         # A resumed run continues the log's clock and, if nothing is left to do, reports
         # the losses the log ended with.
         offset = float(last.get("elapsed", 0.0)) if last else 0.0
@@ -280,47 +311,3 @@ class Trainer:
             checkpoint=self.latest_checkpoint() or self.save_checkpoint(),
             resumed_from_step=self.resumed_from_step,
         )
-
-
-def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for index, values in state["state"].items():
-        for name, value in values.items():
-            key = f"{index}.{name}"
-            if isinstance(value, torch.Tensor):
-                tensors[key] = value.detach().cpu().contiguous()
-            else:
-                scalars[key] = value
-    return tensors, scalars
-
-
-def _restore_optimizer(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]
-) -> None:
-    state = optimizer.state_dict()
-    rebuilt: dict[int, dict[str, Any]] = {}
-    for key, value in [*tensors.items(), *scalars.items()]:
-        index, name = key.split(".", 1)
-        rebuilt.setdefault(int(index), {})[name] = value
-    state["state"] = rebuilt
-    optimizer.load_state_dict(state)
-
-
-def _truncate_log(path: Path, step: int) -> dict[str, Any] | None:
-    """Keep log lines up to the resumed step (no duplicate steps); return the last kept."""
-    if not path.is_file():
-        return None
-    kept: list[str] = []
-    last: dict[str, Any] | None = None
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-            if record["step"] <= step:
-                kept.append(line)
-                last = record
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    path.write_text("".join(k + "\n" for k in kept))
-    return last
