@@ -164,6 +164,9 @@ def test_train_then_publish_then_load_the_published_checkpoint(
     assert "Trained on twenty tiny queries." in card and f"l2vg publish {run_dir} {dest}" in card
     assert "alignment head Linear(H,32)" in card and "steps 6 (4 alignment-only" in card
     assert plot.read_bytes().startswith(b"\x89PNG") and plot.stat().st_size > 1000
+    # The card names what it describes and links its plot relative to itself.
+    assert card.startswith("# Training card: the `published` l2vg encoder")
+    assert "![loss curves](../plots/loss.png)" in card
 
     info = json.loads(ok("info", "-m", dest, "--dtype", "float32", "--json").stdout)
     assert info["training"]["steps"] == 6 and info["checkpoint"] == str(dest)
@@ -367,6 +370,41 @@ def test_bench_mteb_on_a_checkpoint_runs_the_chosen_tasks_and_models(
     assert str(tiny_checkpoint) in json.dumps(payload["model"])
     bad = run("bench", "mteb", "-m", tiny_checkpoint, "--models", "nope", "--out-dir", results)
     assert bad.exit_code == EXIT_USAGE and not (results / "mteb.json").exists()
+
+
+def test_bench_all_on_a_checkpoint_runs_every_part_in_order(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """`l2vg bench all` (no size options of its own: the packaged sets at their defaults) on the
+    tiny checkpoint with one-token answers: bright, qa, mteb and speed each write their
+    results for the whole lineup, in that order, then the report is built from them."""
+    from l2vg_retrieval.bench.lineup import DENSE_KEYS, MODEL_KEYS
+
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    ok(
+        "bench", "all", "-m", tiny_checkpoint, "--gte-max-new-tokens", 1, "--out-dir", results,
+        "--docs-dir", docs,
+    )  # fmt: skip
+    parts = ["bright", "qa", "mteb", "speed"]
+    payloads = {p: json.loads((results / f"{p}.json").read_text()) for p in parts}
+    for part, payload in payloads.items():
+        assert str(tiny_checkpoint) in json.dumps(payload["model"]), part
+    assert sorted(p.name for p in results.glob("*.json")) == sorted(f"{p}.json" for p in parts)
+    for part in ("bright", "qa"):
+        payload = payloads[part]
+        assert payload["models"] == list(MODEL_KEYS) and payload["gte_max_new_tokens"] == 1, part
+        # generate-then-encode runs on the default subset only; everyone is scored on it too.
+        assert set(payload["mean"]) == set(MODEL_KEYS) - {"generate-then-encode"}, part
+        assert set(payload["subset_mean"]) == set(MODEL_KEYS), part
+        assert all(0.0 <= m["ndcg@10"] <= 1.0 for m in payload["subset_mean"].values()), part
+    assert payloads["qa"]["held_out_check"]["overlapping_rows"] == 0
+    mteb = payloads["mteb"]
+    assert mteb["models"] == list(DENSE_KEYS) and set(mteb["subset_scores"]) == set(DENSE_KEYS)
+    assert set(mteb["scores"]) == set(DENSE_KEYS) - {"generate-then-encode"}
+    assert set(payloads["speed"]["results"]) == {"float32", "bfloat16"}
+    report = docs / "benchmarks.md"
+    assert report.is_file() and any(docs.glob("*.png"))
+    # In order: each part's results are written before the next starts, the report last.
+    stamps = [(results / f"{p}.json").stat().st_mtime_ns for p in parts] + [report.stat().st_mtime_ns]
+    assert stamps == sorted(stamps)
 
 
 def test_bench_commands_report_a_missing_backbone_without_a_traceback(

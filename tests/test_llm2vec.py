@@ -43,7 +43,7 @@ from l2vg_retrieval.llm2vec.corpus import (
 )
 from l2vg_retrieval.llm2vec.encoder import LLM2VecEncoder
 from l2vg_retrieval.llm2vec.inputs import collate, tokenize_texts
-from l2vg_retrieval.llm2vec.lora import attach_lora, merge_lora
+from l2vg_retrieval.llm2vec.lora import attach_lora, merge_lora, sha256_file
 from l2vg_retrieval.llm2vec.mntp import (
     IGNORE,
     mask_for_mntp,
@@ -461,6 +461,8 @@ def test_pipeline_writes_a_complete_checkpoint(trained: dict[str, Any]) -> None:
     assert (final / "config.json").is_file() and (final / "CARD.md").is_file()
     card = (final / "CARD.md").read_text()
     assert "l2vg llm2vec train" in card and "peak" in card
+    # Neither the card nor the stored config names this machine's folders.
+    assert str(final.parent) not in card and str(final.parent) not in json.dumps(meta)
     train, heldout = load_corpus(config.corpus_dir)
     assert len(heldout) == 2 and "an answer to a held out query" not in train + heldout
     mntp_log = [json.loads(x) for x in (config.stage_dir("mntp") / "loss.jsonl").read_text().splitlines()]
@@ -658,6 +660,67 @@ def test_cli_info_and_exit_codes(trained: dict[str, Any], tmp_path: Path) -> Non
     )
     result = runner.invoke(app, ["llm2vec", "mntp", str(bad)])
     assert result.exit_code == 2 and "stepz" in result.output
+
+
+def test_cli_corpus_writes_the_texts_and_records_the_overlap_check(tmp_path: Path) -> None:
+    """`l2vg llm2vec corpus`: the texts and the manifest are written, and an evaluation
+    question slipped into the query pool is dropped by the overlap check and counted."""
+    from l2vg_retrieval.cli import app
+    from l2vg_retrieval.jsonl import read_jsonl
+    from l2vg_retrieval.llm2vec.corpus import MANIFEST_FILE, PACKAGE_DATA, TEXTS_FILE
+
+    config_path, _ = _write_tiny_setup(tmp_path)
+    qa_query = next(
+        r["text"] for r in read_jsonl(PACKAGE_DATA / "qa_offline" / "queries.jsonl") if len(r["text"]) > 30
+    )
+    with (tmp_path / "queries.jsonl").open("a") as fh:
+        fh.write(json.dumps({"id": "leak", "text": qa_query}) + "\n")
+    result = CliRunner().invoke(app, ["llm2vec", "corpus", str(config_path)])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert "overlap check dropped 1 texts" in result.stderr
+    corpus_dir = load_llm2vec_config(config_path).corpus_dir
+    manifest = json.loads((corpus_dir / MANIFEST_FILE).read_text())
+    assert printed == {k: manifest[k] for k in ("counts", "train", "heldout")}
+    assert manifest["overlap_check"]["dropped"] == 1 and manifest["counts"]["queries"]["overlap"] == 1
+    assert "l2vg_retrieval/data/qa_offline/queries.jsonl" in manifest["overlap_check"]["eval_files"]
+    rows = read_jsonl(corpus_dir / TEXTS_FILE)
+    assert len(rows) == manifest["train"] + manifest["heldout"] > 0
+    assert sum(r["split"] == "heldout" for r in rows) == manifest["heldout"] == 2
+    texts = {r["text"] for r in rows}
+    assert set(TEXTS) <= texts and qa_query not in texts
+    assert "an answer to a held out query" not in texts
+
+
+def test_cli_simcse_refuses_to_run_before_mntp_then_writes_its_adapter(tmp_path: Path) -> None:
+    """`l2vg llm2vec simcse`: before MNTP a clear error and exit 1 with nothing written;
+    after `l2vg llm2vec mntp`, its adapter, summary and the final checkpoint."""
+    from l2vg_retrieval.cli import EXIT_RUNTIME, app
+
+    runner = CliRunner()
+    config_path, _ = _write_tiny_setup(tmp_path)
+    config = load_llm2vec_config(config_path)
+    adapter = config.stage_dir("simcse") / "adapter" / "adapter_model.safetensors"
+    early = runner.invoke(app, ["llm2vec", "simcse", str(config_path), "--quiet"])
+    assert early.exit_code == EXIT_RUNTIME, early.output
+    assert "MNTP has not finished" in early.output and "l2vg llm2vec mntp" in early.output
+    assert "Traceback" not in early.output and not adapter.exists() and not config.final_dir.exists()
+
+    mntp = runner.invoke(app, ["llm2vec", "mntp", str(config_path), "--quiet"])
+    assert mntp.exit_code == 0, mntp.output
+    result = runner.invoke(app, ["llm2vec", "simcse", str(config_path), "--steps", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["steps"] == 2 and math.isfinite(printed["final_loss"])
+    assert adapter.is_file() and printed["adapter_sha256"] == sha256_file(adapter)
+    assert printed["mntp_sha256"] == json.loads(mntp.stdout)["adapter_sha256"]
+    summary = json.loads((config.stage_dir("simcse") / "summary.json").read_text())
+    assert summary["adapter_sha256"] == printed["adapter_sha256"] and summary["command"].startswith("l2vg")
+    final = Path(printed["checkpoint"])
+    assert final == config.final_dir
+    meta = read_meta(final)
+    assert [s["name"] for s in meta["stages"]] == ["mntp", "simcse"]
+    assert (final / "simcse" / "adapter_model.safetensors").read_bytes() == adapter.read_bytes()
 
 
 # ------------------------------------------------------------------ resume

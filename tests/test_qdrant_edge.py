@@ -423,6 +423,43 @@ def test_scale_benchmark_smoke(tmp_path: Path, encoder: Any) -> None:
     assert "| edge | 600 |" in text and "tiny-l2vg" in text and (tmp_path / "benchmarks_scale.png").is_file()
 
 
+def test_bench_scale_cli_on_a_checkpoint(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """`l2vg bench scale` through the real app, smallest settings: one size, both backends,
+    a few queries, and the interactive run on the tiny checkpoint; its results file holds
+    recall and latency for each backend run and end-to-end latency for each encoder."""
+    from l2vg_retrieval.cli import app
+
+    out = tmp_path / "results"
+    args = [
+        "bench", "scale", "--n", "50", "--backends", "local,edge", "--queries", "3",
+        "--interactive-queries", "2", "-m", str(tiny_checkpoint), "--dtype", "float32",
+        "--work-dir", str(tmp_path / "work"), "--out-dir", str(out), "--name", "s",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads((out / "s.json").read_text())
+    assert (payload["vectors"]["kind"], payload["vectors"]["queries"], payload["k"]) == ("lowrank", 3, 10)
+    runs = {(r["backend"], r["n"]): r for r in payload["runs"]}
+    assert set(runs) == {("local", 50), ("edge", 50)}
+    for row in runs.values():
+        assert row["recall@10"] == 1.0 and row["recall@10_filtered"] == 1.0, row  # exact at this size
+        assert row["filtered_results_obey_filter"] is True
+        for key in ("search_ms", "search_filtered_ms"):
+            assert 0 < row[key]["p50"] <= row[key]["p95"], (key, row)
+        assert row["ingest_points_per_s"] > 0
+    inter = payload["interactive"]
+    assert (inter["backend"], inter["n"]) == ("edge", 50)
+    assert set(inter["results"]) == {"l2vg-float32", "minilm"}
+    for m in inter["results"].values():
+        assert m["queries"] == 2 and 0 < m["search_ms"]["p50"] <= m["end_to_end_ms"]["p50"], m
+    assert payload["model"]["dtype"] == "float32" and payload["model"]["untrained"] is False
+    assert payload["engines"]["qdrant-edge-py"]
+    bad = CliRunner().invoke(
+        app, [*args[:5], "nope", "--no-interactive", "--out-dir", str(out), "--name", "bad"]
+    )
+    assert bad.exit_code == 2 and "unknown backend" in bad.output and not (out / "bad.json").exists()
+
+
 def test_scale_benchmark_hnsw_recall_against_exact(tmp_path: Path) -> None:
     """The benchmark's own Edge path with a graph really built and searched (indexing and
     full-scan thresholds at 1 KB: by default Edge scans a collection this small exactly).

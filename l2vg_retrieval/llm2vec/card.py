@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..bench.results import portable_path
 from .reference import META_FILE
 
 
@@ -85,7 +86,7 @@ def render_card(meta: dict[str, Any], folder: Path) -> str:
         "",
         f"Overlap check: exact match, a shared {check.get('ngram')}-word span, or containing a short "
         f"evaluation text, against {len(check.get('eval_files', []))} evaluation files "
-        "(QA, BRIGHT-style, harmful retrieval, sample corpus, gensim STS/classification).",
+        "(QA, BRIGHT-style, harmful retrieval, the harm taxonomy, sample corpus, gensim STS/classification).",
         "",
         "## Training",
         "",
@@ -107,7 +108,8 @@ def render_card(meta: dict[str, Any], folder: Path) -> str:
         lines += ["", "## Commands", "", "```bash", *dict.fromkeys(commands), "```"]
     lines.append("")
     lines += [
-        f"Loss logs: `mntp/loss.jsonl` and `simcse/loss.jsonl` under the run directory ({folder.parent})."
+        "Loss logs: `mntp/loss.jsonl` and `simcse/loss.jsonl` under the run directory "
+        f"(`{portable_path(folder.parent)}`)."
     ]
     return "\n".join(lines) + "\n"
 

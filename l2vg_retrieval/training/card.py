@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,11 @@ def publish(
         decode_cosine = float(heldout.get("decode_teacher_cosine", float("nan")))
     sources: dict[str, Any] = json.loads(sources_json.read_text()) if sources_json else {}
     teacher_dim = json.loads((final / CONFIG_FILE).read_text()).get("teacher_dim", "D")
-    card = _card(summary, config, eval_md, decoded, decode_cosine, sources, plot_path, command, teacher_dim)
+    card = _card(
+        summary, config, eval_md, decoded, decode_cosine, sources, plot_path, command, teacher_dim,
+        name=dest.name,
+        plot_link=Path(os.path.relpath(plot_path.resolve(), dest.resolve())).as_posix(),
+    )  # fmt: skip
     if notes is not None:
         card += "\n" + notes.read_text().strip() + "\n"
     (dest / "CARD.md").write_text(card)
@@ -96,16 +101,27 @@ def _card(
     plot_path: Path,
     command: str,
     teacher_dim: int | str = 384,
+    *,
+    name: str = "default",
+    plot_link: str | None = None,
 ) -> str:
+    from ..bench.results import portable_path
+    from ..llm2vec.reference import PREFIX
+
     enc, opt = config["encoder"], config["optim"]
+    teacher = str(enc["teacher"])
+    # A teacher given as a folder is named as results name data, never by this machine's path.
+    prefix = PREFIX if teacher.lower().startswith(PREFIX) else ""
+    if Path(teacher[len(prefix) :]).is_absolute():
+        teacher = prefix + portable_path(teacher[len(prefix) :])
     lines = [
-        "# Training card: the default l2vg encoder",
+        f"# Training card: the `{name}` l2vg encoder",
         "",
-        f"Published with: `{command}`; trained by `l2vg train configs/default.yaml` (it resumes "
-        "from the last checkpoint if interrupted).",
+        f"Published with: `{command}`; trained by `l2vg train` with the settings below (the run "
+        "folder keeps them in `train_config.json`; it resumes from the last checkpoint if interrupted).",
         "",
         "## What trained",
-        f"- backbone `{enc['backbone']}` (frozen), teacher `{enc['teacher']}`",
+        f"- backbone `{enc['backbone']}` (frozen), teacher `{teacher}`",
         f"- {enc['n_thought']} thought + {enc['n_compression']} compression tokens, reconstruction "
         f"head Linear(H,H), alignment head Linear(H,{teacher_dim})"
         + (
@@ -128,7 +144,7 @@ def _card(
         f"{'n/a' if summary['final_recon'] is None else format(summary['final_recon'], '.3f')}, "
         f"alignment ({config.get('align_loss', 'mse')}) {summary['final_align']:.5f}",
         "",
-        f"![loss curves](../../../{plot_path.as_posix()})",
+        f"![loss curves]({plot_link or plot_path.as_posix()})",
         "",
         "## Held-out evaluation",
         "Each held-out query must retrieve the backbone's own response to it among all held-out "
