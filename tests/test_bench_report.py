@@ -154,7 +154,7 @@ def test_generation_and_response_length_sections_render(tmp_path: Path) -> None:
 
 
 def test_results_name_package_data_without_machine_paths(tmp_path: Path) -> None:
-    from l2vg_retrieval.bench.results import portable_path, portable_tree
+    from l2vg_retrieval.bench.results import portable_model_name, portable_path, portable_tree
     from l2vg_retrieval.encoder import DEFAULT_CHECKPOINT
 
     assert portable_path(DEFAULT_CHECKPOINT) == "l2vg_retrieval/checkpoints/default"
@@ -165,6 +165,10 @@ def test_results_name_package_data_without_machine_paths(tmp_path: Path) -> None
         "corpus": {"files": [str(tmp_path / "x.jsonl")]},
         "lr": 1e-4,
     }
+    # A teacher named by folder (with or without the llm2vec: prefix) the same way.
+    folder_teacher = portable_model_name(f"llm2vec:{DEFAULT_CHECKPOINT}")
+    assert folder_teacher == "llm2vec:l2vg_retrieval/checkpoints/default"
+    assert portable_model_name("all-minilm-l6-v2") == "all-minilm-l6-v2"
     assert portable_tree(dumped) == {
         "output_dir": "l2vg_retrieval/checkpoints/default",
         "corpus": {"files": ["x.jsonl"]},

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..llm2vec.baselines import LLM2VEC_KEYS, LLM2VEC_LABELS
+from .results import portable_model_name
 
 # Order matters: it is the order of every table and plot.
 MODEL_KEYS: tuple[str, ...] = (
@@ -274,7 +275,7 @@ def describe_l2vg(l2vg: Any, checkpoint: str | None, untrained: bool) -> dict[st
         "checkpoint": "untrained (from_config)" if untrained else (checkpoint or "packaged default"),
         "untrained": untrained,
         "backbone": l2vg.config.backbone,
-        "teacher": l2vg.config.teacher,
+        "teacher": portable_model_name(l2vg.config.teacher),
         "n_thought": l2vg.config.n_thought,
         "n_compression": l2vg.config.n_compression,
         "dtype": str(l2vg.dtype_).removeprefix("torch."),

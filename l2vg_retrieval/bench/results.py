@@ -61,6 +61,14 @@ def portable_path(path: str | Path) -> str:
     return Path(path).name
 
 
+def portable_model_name(name: str) -> str:
+    """A model named by folder (``/abs/dir`` or ``llm2vec:/abs/dir``) as results name data;
+    short names and hub ids unchanged."""
+    prefix = "llm2vec:" if name.lower().startswith("llm2vec:") else ""
+    target = name[len(prefix) :]
+    return prefix + portable_path(target) if Path(target).is_absolute() else name
+
+
 def portable_tree(value: Any) -> Any:
     """A JSON-like value (a dumped config) with every absolute path string in it replaced
     by its :func:`portable_path`, so configs copied into cards and checkpoints name no machine."""
