@@ -381,3 +381,21 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _unexpected_skips and exitstatus == 0:
         session.exitstatus = 1
+
+
+# The small tagged corpus every Qdrant backend test indexes (test_qdrant, test_qdrant_edge).
+QDRANT_CORPUS = [
+    {"id": f"d{i}", "text": text, "metadata": {"topic": topic, "year": 2000 + i, "reviewed": i % 2 == 0}}
+    for i, (text, topic) in enumerate(
+        [
+            ("Bread needs flour, water, yeast and salt, then time to rise.", "cooking"),
+            ("Simmer the tomato sauce slowly so it thickens.", "cooking"),
+            ("Jupiter is the largest planet in the solar system.", "space"),
+            ("A light year measures distance, not time.", "space"),
+            ("Water tomato plants at the base in the morning.", "garden"),
+            ("Prune roses in late winter before new growth starts.", "garden"),
+            ("Python lists grow dynamically as items are appended.", "code"),
+            ("A hash map gives average constant-time lookups.", "code"),
+        ]
+    )
+]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import QDRANT_CORPUS as CORPUS
 from conftest import build_tiny_encoder, fit_safety_filter
 from langchain_core.documents import Document
 from qdrant_client import QdrantClient, models
@@ -36,22 +37,6 @@ from l2vg_retrieval.qdrant import (
     point_id,
 )
 from l2vg_retrieval.safety import HARM_SCORE_KEY, SafetyFilter
-
-CORPUS = [
-    {"id": f"d{i}", "text": text, "metadata": {"topic": topic, "year": 2000 + i, "reviewed": i % 2 == 0}}
-    for i, (text, topic) in enumerate(
-        [
-            ("Bread needs flour, water, yeast and salt, then time to rise.", "cooking"),
-            ("Simmer the tomato sauce slowly so it thickens.", "cooking"),
-            ("Jupiter is the largest planet in the solar system.", "space"),
-            ("A light year measures distance, not time.", "space"),
-            ("Water tomato plants at the base in the morning.", "garden"),
-            ("Prune roses in late winter before new growth starts.", "garden"),
-            ("Python lists grow dynamically as items are appended.", "code"),
-            ("A hash map gives average constant-time lookups.", "code"),
-        ]
-    )
-]
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,9 @@ def portable_path(path: str | Path) -> str:
 def portable_model_name(name: str) -> str:
     """A model named by folder (``/abs/dir`` or ``llm2vec:/abs/dir``) as results name data;
     short names and hub ids unchanged."""
-    prefix = "llm2vec:" if name.lower().startswith("llm2vec:") else ""
+    from ..llm2vec.reference import PREFIX
+
+    prefix = PREFIX if name.lower().startswith(PREFIX) else ""
     target = name[len(prefix) :]
     return prefix + portable_path(target) if Path(target).is_absolute() else name
 

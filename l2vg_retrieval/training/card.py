@@ -105,15 +105,11 @@ def _card(
     name: str = "default",
     plot_link: str | None = None,
 ) -> str:
-    from ..bench.results import portable_path
-    from ..llm2vec.reference import PREFIX
+    from ..bench.results import portable_model_name
 
     enc, opt = config["encoder"], config["optim"]
-    teacher = str(enc["teacher"])
     # A teacher given as a folder is named as results name data, never by this machine's path.
-    prefix = PREFIX if teacher.lower().startswith(PREFIX) else ""
-    if Path(teacher[len(prefix) :]).is_absolute():
-        teacher = prefix + portable_path(teacher[len(prefix) :])
+    teacher = portable_model_name(str(enc["teacher"]))
     lines = [
         f"# Training card: the `{name}` l2vg encoder",
         "",
