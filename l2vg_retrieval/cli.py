@@ -113,6 +113,106 @@ def decode(
     Console().print(table)
 
 
+@app.command()
+def rotate(
+    checkpoint: Annotated[Path, typer.Argument(help="the checkpoint folder to rotate (left unchanged)")],
+    out: Annotated[Path, typer.Argument(help="a new folder for the rotated checkpoint")],
+    texts: Annotated[
+        Path | None,
+        typer.Option(help="texts to fit on: .jsonl (strings or {'text': ...}) or one text per line"),
+    ] = None,
+    targets: Annotated[
+        Path | None, typer.Option(help="a training run's targets.safetensors (teacher vectors) to fit on")
+    ] = None,
+    dims: Annotated[str, typer.Option(help="comma-separated prefix sizes to report")] = "256,128,64,32",
+    batch_size: Annotated[int, typer.Option(min=1, help="teacher batch size for --texts")] = 64,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Order the teacher space's dimensions by energy, so truncate_dim prefixes work untrained.
+
+    Fits the variance-ordered rotation on teacher vectors of your texts (or on a run's
+    cached targets), folds it into the alignment head and the teacher, and saves the
+    result: full-size cosines are unchanged, the first m dimensions keep the most energy.
+    The new fingerprint makes Qdrant collections and safety calibrations of the original
+    refuse it: re-index and re-calibrate."""
+    import numpy as np
+
+    from .encoder import CheckpointError, read_checkpoint_meta
+    from .rotation import apply_rotation, energy_by_prefix, prefix_sizes, read_texts, variance_rotation
+    from .safety import SAFETY_FILE
+
+    if (texts is None) == (targets is None):
+        fail("give exactly one of --texts or --targets")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        fail(f"{out} already exists and is not an empty folder; choose a new one")
+    try:
+        sizes = [int(d) for d in dims.split(",") if d.strip()]
+    except ValueError:
+        fail(f"--dims must be comma-separated integers, got {dims!r}")
+    # Everything that can be refused from the files alone is, before the models load.
+    try:
+        meta = read_checkpoint_meta(checkpoint)
+    except CheckpointError as exc:
+        fail(str(exc), EXIT_MISMATCH)
+    dim = int(meta["teacher_dim"])
+    if meta["config"].get("teacher_rotation"):
+        fail(f"{checkpoint} already has a teacher rotation; rotate the unrotated checkpoint instead")
+    vectors: np.ndarray | None = None
+    items: list[str] = []
+    if targets is not None:
+        from .training.targets import load_targets
+
+        rows = load_targets(targets)  # the training format's own reader; {} if unreadable
+        if not rows:
+            fail(f"{targets} holds no targets (missing, or not a training targets.safetensors file)")
+        vectors = np.stack([vector.float().numpy() for _, vector in rows.values()])
+        if vectors.shape[1] != dim:
+            fail(f"{targets} holds {vectors.shape[1]}-d vectors, but this checkpoint's teacher is {dim}-d")
+        source = {"targets": targets.name, "n_vectors": len(vectors)}
+    else:
+        assert texts is not None
+        try:
+            items = read_texts(texts)
+        except (OSError, ValueError) as exc:
+            fail(str(exc))
+        distinct = len(set(items))
+        if distinct < dim:
+            fail(f"{texts} has {distinct} distinct texts; a {dim}-d rotation needs at least {dim}")
+        source = {"texts": texts.name, "n_vectors": len(items)}
+    encoder = load_encoder(str(checkpoint), "float32")
+    if vectors is None:
+        # Unit vectors, as the training targets are: each text counts once, whatever its norm.
+        vectors = np.asarray(
+            encoder.teacher.encode(items, batch_size=batch_size, normalize_embeddings=True), dtype=np.float64
+        )
+    try:
+        rotation = variance_rotation(vectors)
+        apply_rotation(encoder, rotation)
+    except ValueError as exc:
+        fail(str(exc))
+    reported = prefix_sizes(sizes, dim)
+    before = energy_by_prefix(vectors, None, reported)
+    after = energy_by_prefix(vectors, rotation, reported)
+    energy = {str(m): {"unrotated": round(before[m], 4), "rotated": round(after[m], 4)} for m in reported}
+    # Carry the source's own records (e.g. its training summary) over; drop nothing it said.
+    standard = {"format", "format_version", "config", "backbone_fingerprint", "hidden_size"}
+    standard |= {"teacher_dim", "embedding_dim"}
+    extra = {k: v for k, v in meta.items() if k not in standard}
+    extra["teacher_rotation"] = {**source, "energy_by_prefix": energy}
+    encoder.save_pretrained(out, extra=extra)
+    if as_json:
+        print(json.dumps({"out": str(out), "fingerprint": encoder.fingerprint, **extra["teacher_rotation"]}))
+        return
+    table = Table("dims", "energy kept, unrotated", "energy kept, rotated")
+    for m in reported:
+        table.add_row(str(m), f"{before[m]:.3f}", f"{after[m]:.3f}")
+    Console().print(table)
+    console.print(f"rotated checkpoint written to {out} (fingerprint {encoder.fingerprint})")
+    if (checkpoint / SAFETY_FILE).is_file():
+        # Not copied: it names the old fingerprint, and its probes live in the old space.
+        console.print(f"{checkpoint} has a safety calibration; run `l2vg safety calibrate -m {out}`")
+
+
 def main() -> None:
     try:
         app()

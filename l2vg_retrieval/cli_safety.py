@@ -56,6 +56,13 @@ def register(app: typer.Typer) -> None:
                 "position, read in the same pass as the query embedding) to the gate's features"
             ),
         ] = True,
+        probe_layer: Annotated[
+            str,
+            typer.Option(
+                help="also give the gate the query's hidden state after this many layers of the "
+                "encoding pass, read in the same pass ('middle': half of them; 'none': off)"
+            ),
+        ] = "middle",
         min_family_size: Annotated[
             int,
             typer.Option(
@@ -81,7 +88,8 @@ def register(app: typer.Typer) -> None:
             rows = load_calibration_set(data)
             calibration = calibrate(
                 encoder, rows, seed=seed, max_fpr_query=max_fpr_query, max_fpr_doc=max_fpr_doc,
-                refusal_signal=refusal_signal, min_family_size=min_family_size, show_progress_bar=True,
+                refusal_signal=refusal_signal, probe_layer=probe_layer, min_family_size=min_family_size,
+                show_progress_bar=True,
             )  # fmt: skip
         except (OSError, ValueError) as exc:
             fail(str(exc))
@@ -94,6 +102,7 @@ def register(app: typer.Typer) -> None:
             "saved_to": str(folder),
             "doc_space": calibration.doc_space,
             "refusal_signal": calibration.uses_refusal_signal,
+            "probe_layer": calibration.probe_layer,
             **calibration.metrics,
         }
         if as_json:

@@ -106,6 +106,12 @@ class EncoderConfig(StrictModel):
         "'latent_attention' (NV-Embed: cross-attention to trainable latents, GELU MLP, mean)",
     )
     latent_attention: LatentAttentionConfig = Field(default_factory=LatentAttentionConfig)
+    teacher_rotation: bool = Field(
+        False,
+        description="the checkpoint holds a variance-ordered rotation R of the teacher space "
+        "(`l2vg rotate`): the alignment head and every teacher vector are rotated by it, so "
+        "truncate_dim prefixes keep the most energy; set by rotation, not by hand",
+    )
 
     @model_validator(mode="after")
     def _learned_norm_needs_exit(self) -> EncoderConfig:
@@ -133,4 +139,11 @@ class EncoderConfig(StrictModel):
         return excluded
 
 
-OPTION_FIELDS = ("exit_layer", "exit_norm", "truncate_dim", "pooling", "latent_attention")
+OPTION_FIELDS = (
+    "exit_layer",
+    "exit_norm",
+    "truncate_dim",
+    "pooling",
+    "latent_attention",
+    "teacher_rotation",
+)

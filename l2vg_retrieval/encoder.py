@@ -36,6 +36,7 @@ from .inputs import PromptTemplate, as_text_list, build_input_ids, prompt_prefix
 from .kv_cache import CACHE_KWARG
 from .matryoshka import check_dim, truncate
 from .pooling import LatentAttentionPooling
+from .rotation import RotatedTeacher, check_rotation
 from .runtime import resolve_device, resolve_dtype
 
 CHECKPOINT_FORMAT = "l2vg-checkpoint"
@@ -53,6 +54,9 @@ class CheckpointError(ValueError):
 
 class L2VGEncoder(torch.nn.Module):
     """A frozen causal LM plus special tokens and two small heads."""
+
+    # The variance-ordered rotation of the teacher space (see rotation.py), or None.
+    teacher_rotation: torch.Tensor | None
 
     def __init__(
         self,
@@ -116,6 +120,11 @@ class L2VGEncoder(torch.nn.Module):
         if config.exit_layer is not None:
             check_exit_layer(self.lm, config.exit_layer)
             self.exit_norm = build_exit_norm(self.lm, config.exit_norm)
+        # A buffer, not a parameter: saved with the weights and hashed into the fingerprint,
+        # never trained. None (absent from the state dict, so default checkpoints are
+        # unchanged) unless the config says there is one; the identity until the
+        # checkpoint's R is loaded over it.
+        self.register_buffer("teacher_rotation", torch.eye(teacher_dim) if config.teacher_rotation else None)
         self.to(self.device_)
         self._fingerprint: str | None = None
         self.adapter: EncoderAdapter | None = None
@@ -246,13 +255,20 @@ class L2VGEncoder(torch.nn.Module):
             raise CheckpointError(
                 f"checkpoint tensors do not match the encoder's config (pooling={self.config.pooling!r}, "
                 f"exit_norm={self.config.exit_norm!r}, encoder_lora="
-                f"{'on' if self.config.encoder_lora else 'off'}): missing {missing or 'none'}, "
+                f"{'on' if self.config.encoder_lora else 'off'}, teacher_rotation="
+                f"{self.config.teacher_rotation}): missing {missing or 'none'}, "
                 f"unexpected {unexpected or 'none'}; the config stored with the weights must "
                 "describe the modules they were trained for"
             )
         for key, shape in expected.items():
             if got[key] != shape:
                 raise CheckpointError(f"tensor '{key}' has shape {got[key]}, expected {shape}")
+        if "teacher_rotation" in tensors:
+            # A matrix that is not a rotation would silently change every cosine.
+            try:
+                check_rotation(tensors["teacher_rotation"], self.teacher_dim)
+            except ValueError as exc:
+                raise CheckpointError(f"tensor 'teacher_rotation': {exc}") from exc
         own = {k: v.float() for k, v in tensors.items() if not k.startswith("encoder_lora.")}
         self.load_state_dict(own, strict=True)
         if self.adapter is not None:
@@ -298,7 +314,10 @@ class L2VGEncoder(torch.nn.Module):
 
     @property
     def teacher(self) -> Any:
-        """The teacher encoder, loaded on first use (training, teacher-mode documents)."""
+        """The teacher encoder, loaded on first use (training, teacher-mode documents).
+
+        With a ``teacher_rotation`` its vectors come out rotated (a ``RotatedTeacher`` around
+        the same loaded teacher), so everything read from it shares the head's space."""
         if self._teacher_encoder is None:
             from .teacher import TeacherEncoder
 
@@ -309,7 +328,11 @@ class L2VGEncoder(torch.nn.Module):
                     f"teacher '{self.config.teacher}' has dim {self._teacher_encoder.dim}, "
                     f"but this encoder aligns to dim {self.teacher_dim}"
                 )
-        return self._teacher_encoder
+        if self.teacher_rotation is None:
+            return self._teacher_encoder
+        # Built per access (it is two references): it always reads the current buffer,
+        # whether loaded from a checkpoint or set by apply_rotation after first use.
+        return RotatedTeacher(self._teacher_encoder, self.teacher_rotation)
 
     # ------------------------------------------------------------------ forward pieces
     def tokenize(self, texts: Sequence[str], prompt: str | None) -> list[list[int]]:
@@ -345,11 +368,24 @@ class L2VGEncoder(torch.nn.Module):
         batch: list[list[int]],
         prefix_hint: Sequence[int],
         answer_states: list[torch.Tensor] | None = None,
+        probe_layer: int | None = None,
     ) -> torch.Tensor:
         """``answer_states``, if given, receives the final hidden state ``[B, H]`` of each row's
         last template token: where the LM would begin its answer (read by the safety gate).
-        With an ``exit_layer`` every state here, that one included, is read at the exit layer."""
+        With an ``exit_layer`` every state here, that one included, is read at the exit layer.
+        With ``probe_layer`` k it receives ``[B, 2H]``: that state, then the same position's
+        state after the first k layers (read by a forward hook on the text pass only)."""
         body = self.encoding_body
+        probe: list[torch.Tensor] = []
+        hook = None
+        if answer_states is not None and probe_layer is not None:
+            layer = self.decoder_layers()[self.check_probe_layer(probe_layer) - 1]
+
+            def keep_last(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+                hidden = output[0] if isinstance(output, tuple) else output
+                probe.append(hidden[:, -1].float())
+
+            hook = layer.register_forward_hook(keep_last)
         # A LoRA in training changes the text's states too, so then the text passes need
         # gradients (and a fresh prefix each step); a frozen encoder never does.
         text_grad = self.adapter is not None and torch.is_grad_enabled()
@@ -362,17 +398,22 @@ class L2VGEncoder(torch.nn.Module):
         cache = self._expanded_prefix_cache(tuple(batch[0][:shared]), n_batch, fresh=text_grad)
         prefix_mask = torch.ones((n_batch, shared), dtype=torch.long, device=self.device_)
         mask = torch.cat([prefix_mask, rest_mask], dim=1)
-        with torch.set_grad_enabled(text_grad):
-            text_out = body(
-                input_ids=rest_ids,
-                attention_mask=mask,
-                position_ids=positions_from_mask(mask)[:, shared:],
-                **{CACHE_KWARG: cache},
-                use_cache=True,
-            )
+        try:
+            with torch.set_grad_enabled(text_grad):
+                text_out = body(
+                    input_ids=rest_ids,
+                    attention_mask=mask,
+                    position_ids=positions_from_mask(mask)[:, shared:],
+                    **{CACHE_KWARG: cache},
+                    use_cache=True,
+                )
+        finally:
+            if hook is not None:
+                hook.remove()
         if answer_states is not None:
             # Left padding: every row's last position is its answer position.
-            answer_states.append(self._exit_states(text_out.last_hidden_state[:, -1]))
+            final = self._exit_states(text_out.last_hidden_state[:, -1])
+            answer_states.append(torch.cat([final.float(), probe[-1]], dim=1) if probe else final)
         special = self.special_tokens.to(self.dtype_).unsqueeze(0).expand(n_batch, -1, -1)
         lengths = mask.sum(-1, keepdim=True)
         positions = lengths + torch.arange(n_special, device=self.device_).unsqueeze(0)
@@ -385,6 +426,24 @@ class L2VGEncoder(torch.nn.Module):
             use_cache=True,
         )
         return self._exit_states(out.last_hidden_state[:, -self.config.n_compression :])
+
+    def decoder_layers(self) -> Sequence[torch.nn.Module]:
+        """The decoder layers the encoding pass runs, in order."""
+        return self.encoding_body.layers  # type: ignore[return-value]
+
+    def check_probe_layer(self, probe_layer: int) -> int:
+        """``probe_layer`` (a count of decoder layers) after checking the encoding pass has them."""
+        n_layers = len(self.decoder_layers())
+        if (
+            isinstance(probe_layer, bool)
+            or not isinstance(probe_layer, int)
+            or not 1 <= probe_layer <= n_layers
+        ):
+            raise ValueError(
+                f"probe_layer must be an integer in 1..{n_layers} (the encoding pass's layers), "
+                f"got {probe_layer!r}"
+            )
+        return probe_layer
 
     @property
     def encoding_body(self) -> torch.nn.Module:
@@ -500,23 +559,31 @@ class L2VGEncoder(torch.nn.Module):
         normalize_embeddings: bool = True,
         show_progress_bar: bool | None = None,
         dim: int | None = None,
+        probe_layer: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings plus, from the same forward pass, the final hidden state at the answer
         position (the last template token, where the LM would start its reply): ``([N, D],
         [N, H])``, or ``([D], [H])`` for one string. ``lm.get_output_embeddings()`` of that
         state is the backbone's next-token distribution, e.g. how likely it is to refuse.
-        Plain :meth:`encode` never computes it."""
+        With ``probe_layer`` k the states are ``[N, 2H]``: the final one, then the one after
+        k layers (a middle layer's state says more about what is asked: the safety gate's
+        probe reads it). Plain :meth:`encode` never computes them."""
         items, single = as_text_list(texts)
         width = self.output_dim(dim)
+        n_states = self.hidden_size * (1 if probe_layer is None else 2)
+        if probe_layer is not None:
+            self.check_probe_layer(probe_layer)
         if not items:
-            return np.zeros((0, width), np.float32), np.zeros((0, self.hidden_size), np.float32)
+            return np.zeros((0, width), np.float32), np.zeros((0, n_states), np.float32)
         ids = self.tokenize(items, prompt)
         hint = self.prefix_hint(prompt)
 
         def embed(batch: list[list[int]]) -> torch.Tensor:
             states: list[torch.Tensor] = []
             with self._adapter_scope():
-                compressed = self._compression_states(batch, hint, answer_states=states)
+                compressed = self._compression_states(
+                    batch, hint, answer_states=states, probe_layer=probe_layer
+                )
             emb = truncate(self.embed_soft_prompts(self.recon_head(compressed)).float(), width)
             return torch.cat([emb, states[0]], dim=1)
 
@@ -647,7 +714,7 @@ class L2VGEncoder(torch.nn.Module):
         c = self.config
         options = "".join(
             f", {name}={getattr(c, name)!r}"
-            for name in ("exit_layer", "pooling")
+            for name in ("exit_layer", "pooling", "teacher_rotation")
             if name not in c.fingerprint_exclusions()
         )
         return (

@@ -745,13 +745,15 @@ class QdrantIndexer:
     def _encode_queries(
         self, queries: list[str], instruction: str | None, *, safe: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Query vectors ``[N, D]`` and, when safe mode's gate reads the backbone's refusal
-        signal, its answer features ``[N, 2]`` from the same forward pass."""
-        if safe and getattr(self.safety, "uses_refusal_signal", False):
+        """Query vectors ``[N, D]`` and, when safe mode's gate reads the query's forward pass
+        (the backbone's refusal signal, a middle layer's state), those features from the
+        same pass."""
+        if safe and getattr(self.safety, "needs_answer_states", False):
             prompt = instruction or self.encoder.config.query_instruction
             emb, states = self.encoder.encode_with_answer_states(
-                queries, prompt=prompt, show_progress_bar=False
-            )
+                queries, prompt=prompt, show_progress_bar=False,
+                probe_layer=self.safety.probe_layer,  # type: ignore[union-attr]
+            )  # fmt: skip
             return np.asarray(emb, dtype=np.float32), self.safety.answer_features(states)  # type: ignore[union-attr]
         emb = self.encoder.encode_query(queries, instruction=instruction, show_progress_bar=False)
         return np.atleast_2d(np.asarray(emb, dtype=np.float32)), None

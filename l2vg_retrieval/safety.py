@@ -82,6 +82,16 @@ COMPLIANCE_OPENINGS: tuple[str, ...] = (
 )  # fmt: skip
 GATE_BASE_FEATURES: tuple[str, ...] = ("embedding", "refusal_similarity")
 ANSWER_FEATURES: tuple[str, ...] = ("refusal_start_logprob", "compliance_start_logprob")
+# The encoding pass's hidden state at the answer position after the first k layers (unit
+# length). Leave-one-category-out, a gate reading the middle layer's state blocked 77% of a
+# harm category it never saw, against 28% without it: the final layers' states and the
+# embedding describe the answer's topic, the middle layers still say what is being asked
+# for. It is read from the same forward pass as the embedding, so it costs nothing at search time.
+# With the probe the gate leaves the embedding out: in the same measurement, the probe state
+# and the refusal signal alone reached 83% (at 0.6% benign false positives) and adding the
+# embedding brought it back to 77%, the embedding's topic directions fit the categories seen.
+PROBE_FEATURE = "probe_state"
+DEFAULT_PROBE_LAYER: int | str | None = "middle"
 L2_GRID: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
 # Below this many validation examples a 2% false-positive rate cannot be measured (it
 # would allow zero mistakes), so such a benign family counts only in the pooled rate.
@@ -259,8 +269,11 @@ class SafetyCalibration:
     query_instruction: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
-    # Names of the gate's feature blocks, in order (GATE_BASE_FEATURES [+ ANSWER_FEATURES]).
+    # Names of the gate's feature blocks, in order
+    # (GATE_BASE_FEATURES [+ ANSWER_FEATURES] [+ (PROBE_FEATURE,)]).
     query_features: tuple[str, ...] = GATE_BASE_FEATURES
+    # With PROBE_FEATURE: how many decoder layers the probed state has passed through.
+    probe_layer: int | None = None
     # Token ids whose next-token log-probability mass makes each answer feature.
     answer_token_ids: dict[str, list[int]] = field(default_factory=dict)
     # text_digest() of every text the probes were fitted or thresholded on.
@@ -269,6 +282,16 @@ class SafetyCalibration:
     @property
     def uses_refusal_signal(self) -> bool:
         return ANSWER_FEATURES[0] in self.query_features
+
+    @property
+    def needs_answer_states(self) -> bool:
+        """Whether the gate reads states from the query's forward pass (signal or probe)."""
+        return self.uses_refusal_signal or self.probe_layer is not None
+
+    @property
+    def uses_embedding(self) -> bool:
+        """Whether the gate reads the query embedding (and its refusal similarity)."""
+        return GATE_BASE_FEATURES[0] in self.query_features
 
     def save(self, folder: str | Path) -> Path:
         from safetensors.numpy import save_file
@@ -293,6 +316,7 @@ class SafetyCalibration:
             "doc_space": self.doc_space,
             "query_instruction": self.query_instruction,
             "query_features": list(self.query_features),
+            "probe_layer": self.probe_layer,
             "answer_token_ids": self.answer_token_ids,
             "metrics": self.metrics,
             "provenance": self.provenance,
@@ -329,11 +353,25 @@ class SafetyCalibration:
         except (SafetensorError, OSError, ValueError) as exc:
             raise SafetyCalibrationError(f"{weights_path} is corrupt: {exc}") from exc
         features = tuple(meta.get("query_features") or GATE_BASE_FEATURES)
-        if features not in (GATE_BASE_FEATURES, GATE_BASE_FEATURES + ANSWER_FEATURES):
+        known = [
+            e + a + p
+            for e in ((), GATE_BASE_FEATURES)
+            for a in ((), ANSWER_FEATURES)
+            for p in ((), (PROBE_FEATURE,))
+            if e or p
+        ]
+        if features not in known:
             raise SafetyCalibrationError(f"{meta_path}: unknown query_features {list(features)}")
         token_ids = {str(k): [int(i) for i in v] for k, v in dict(meta.get("answer_token_ids") or {}).items()}
-        if features != GATE_BASE_FEATURES and set(token_ids) != set(ANSWER_FEATURES):
+        if ANSWER_FEATURES[0] in features and set(token_ids) != set(ANSWER_FEATURES):
             raise SafetyCalibrationError(f"{meta_path}: the refusal signal needs answer_token_ids")
+        probe_layer = meta.get("probe_layer")
+        if (PROBE_FEATURE in features) != (probe_layer is not None) or not (
+            probe_layer is None or (isinstance(probe_layer, int) and probe_layer >= 1)
+        ):
+            raise SafetyCalibrationError(
+                f"{meta_path}: probe_layer {probe_layer!r} does not match query_features {list(features)}"
+            )
         try:
             return cls(
                 encoder_fingerprint=str(meta["encoder_fingerprint"]),
@@ -347,6 +385,7 @@ class SafetyCalibration:
                 metrics=dict(meta.get("metrics", {})),
                 provenance=dict(meta.get("provenance", {})),
                 query_features=features,
+                probe_layer=probe_layer,
                 answer_token_ids=token_ids,
                 calibration_digests=np.asarray(
                     tensors.get("calibration_digests", np.zeros(0, dtype=np.int64)), dtype=np.int64
@@ -407,22 +446,72 @@ def answer_logprobs(
 
 
 def query_features(
-    embeddings: np.ndarray, prototype: np.ndarray, answer_features: np.ndarray | None = None
+    embeddings: np.ndarray,
+    prototype: np.ndarray,
+    answer_features: np.ndarray | None = None,
+    *,
+    with_embedding: bool = True,
 ) -> np.ndarray:
-    """The gate's features: the embedding, its cosine to the refusal prototype, and (with the
-    refusal signal) the answer-start log-probabilities."""
+    """The gate's features: the embedding and its cosine to the refusal prototype (unless
+    ``with_embedding`` is off), then the features read from the query's forward pass
+    (:func:`gate_state_features`: the answer-start log-probabilities and/or the probed
+    middle-layer state), if any."""
     emb = np.atleast_2d(np.asarray(embeddings, dtype=np.float64))
     norms = np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
     cosine = (emb / norms) @ prototype
-    blocks = [emb, cosine[:, None]]
+    blocks = [emb, cosine[:, None]] if with_embedding else []
     if answer_features is not None:
         answer = np.atleast_2d(np.asarray(answer_features, dtype=np.float64))
-        if answer.shape != (len(emb), len(ANSWER_FEATURES)):
-            raise ValueError(
-                f"answer features must be [{len(emb)}, {len(ANSWER_FEATURES)}], got {answer.shape}"
-            )
+        if answer.ndim != 2 or len(answer) != len(emb):
+            raise ValueError(f"answer features must be [{len(emb)}, F], got {answer.shape}")
         blocks.append(answer)
+    if not blocks:
+        raise ValueError("the gate needs the embedding or features from the query's forward pass")
     return np.hstack(blocks)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def resolve_probe_layer(encoder: Any, spec: int | str | None) -> int | None:
+    """``"middle"`` → half the encoding pass's layers; ``None``/``"none"`` → no probe; an int is checked."""
+    if spec is None or spec == "none":
+        return None
+    if spec == "middle":
+        return max(1, len(encoder.decoder_layers()) // 2)
+    if isinstance(spec, str):
+        try:
+            spec = int(spec)
+        except ValueError:
+            raise ValueError(f"probe layer must be 'middle', 'none' or a layer count, got {spec!r}") from None
+    return int(encoder.check_probe_layer(spec))
+
+
+def gate_state_features(
+    encoder: Any,
+    states: np.ndarray,
+    *,
+    token_ids: Mapping[str, Sequence[int]] | None,
+    probe_layer: int | None,
+) -> np.ndarray | None:
+    """The gate's features from ``encode_with_answer_states`` output: the answer-start
+    log-probabilities (when ``token_ids`` are given) from the final state, then the unit
+    probe state (when ``probe_layer`` is set, the states' second half)."""
+    states = np.atleast_2d(np.asarray(states, dtype=np.float32))
+    hidden = int(encoder.hidden_size)
+    expected = hidden * (2 if probe_layer is not None else 1)
+    if states.shape[1] != expected:
+        raise ValueError(
+            f"answer states must be [N, {expected}] (probe_layer={probe_layer}), got {states.shape}"
+        )
+    blocks = []
+    if token_ids:
+        blocks.append(answer_logprobs(encoder, states[:, :hidden], token_ids))
+    if probe_layer is not None:
+        blocks.append(unit_rows(states[:, hidden:]))
+    return np.hstack(blocks) if blocks else None
 
 
 def embed_documents(
@@ -451,20 +540,34 @@ class SafetyFeatures:
     queries: list[Any]  # LabelledText rows of kind "query", in input order
     passages: list[Any]  # ... of kind "passage"
     query_embeddings: np.ndarray  # [Nq, D], normalised, exactly what encode_query returns
-    answer_states: np.ndarray | None  # [Nq, H] final hidden state at the answer position
-    answer_features: np.ndarray | None  # [Nq, 2] answer_logprobs() of those states
+    # [Nq, H], or [Nq, 2H] with a probe: what encode_with_answer_states returned
+    answer_states: np.ndarray | None
+    answer_features: np.ndarray | None  # [Nq, 2] answer_logprobs() of the final states
     answer_token_ids: dict[str, list[int]]
     doc_embeddings: dict[str, np.ndarray]  # space -> [Nd, D]
+    probe_layer: int | None = None
+    probe_states: np.ndarray | None = None  # [Nq, H] unit state after probe_layer layers
+    gate_embedding: bool = True  # whether the gate reads the embedding too
 
     def gate_matrix(self, refusal_signal: bool, index: np.ndarray | None = None) -> np.ndarray:
+        """The gate's features; the probe state (if computed) is in every variant, so
+        with/without-refusal-signal comparisons isolate the signal itself."""
         if refusal_signal and self.answer_features is None:
             raise ValueError("these features were computed without the refusal signal")
-        emb = self.query_embeddings if index is None else self.query_embeddings[index]
-        answer = None
+
+        def rows(matrix: np.ndarray) -> np.ndarray:
+            return matrix if index is None else matrix[index]
+
+        blocks = []
         if refusal_signal:
             assert self.answer_features is not None
-            answer = self.answer_features if index is None else self.answer_features[index]
-        return query_features(emb, self.prototype, answer)
+            blocks.append(rows(self.answer_features))
+        if self.probe_states is not None:
+            blocks.append(rows(self.probe_states))
+        extra = np.hstack(blocks) if blocks else None
+        return query_features(
+            rows(self.query_embeddings), self.prototype, extra, with_embedding=self.gate_embedding
+        )
 
     def labels(self, kind: str) -> np.ndarray:
         rows = self.queries if kind == "query" else self.passages
@@ -481,25 +584,30 @@ def featurize(
     *,
     doc_spaces: Sequence[DocSpace] = DOC_SPACES,
     refusal_signal: bool = True,
+    probe_layer: int | str | None = DEFAULT_PROBE_LAYER,
+    gate_embedding: bool | None = None,
     show_progress_bar: bool = False,
 ) -> SafetyFeatures:
-    """Run the encoder once over labelled rows (``text``, ``label``, ``kind`` ...)."""
+    """Run the encoder once over labelled rows (``text``, ``label``, ``kind`` ...).
+
+    ``gate_embedding`` (default: only without a probe layer) puts the query embedding and
+    its refusal similarity among the gate's features."""
     queries = [r for r in rows if r.kind == "query"]
     passages = [r for r in rows if r.kind == "passage"]
     instruction = encoder.config.query_instruction
-    token_ids: dict[str, list[int]] = {}
-    states = answer = None
+    layer = resolve_probe_layer(encoder, probe_layer)
+    token_ids: dict[str, list[int]] = answer_token_ids(encoder.tokenizer) if refusal_signal else {}
+    states = answer = probe = None
     q_texts = [r.text for r in queries]
-    if refusal_signal:
-        token_ids = answer_token_ids(encoder.tokenizer)
-        if q_texts:
-            q_emb, states = encoder.encode_with_answer_states(
-                q_texts, prompt=instruction, show_progress_bar=show_progress_bar
-            )
-            answer = answer_logprobs(encoder, states, token_ids)
-        else:
-            q_emb = np.zeros((0, encoder.dim), np.float32)
-            states, answer = np.zeros((0, encoder.hidden_size), np.float32), np.zeros((0, 2))
+    if refusal_signal or layer is not None:
+        q_emb, states = encoder.encode_with_answer_states(
+            q_texts, prompt=instruction, show_progress_bar=show_progress_bar, probe_layer=layer
+        )
+        hidden = int(encoder.hidden_size)
+        if refusal_signal:
+            answer = answer_logprobs(encoder, states[:, :hidden], token_ids) if q_texts else np.zeros((0, 2))
+        if layer is not None:
+            probe = unit_rows(states[:, hidden:]) if q_texts else np.zeros((0, hidden))
     else:
         q_emb = (
             np.asarray(
@@ -526,6 +634,9 @@ def featurize(
         answer_features=answer,
         answer_token_ids=token_ids,
         doc_embeddings={k: np.asarray(v, dtype=np.float64) for k, v in docs.items()},
+        probe_layer=layer,
+        probe_states=probe,
+        gate_embedding=(layer is None) if gate_embedding is None else gate_embedding,
     )
 
 
@@ -631,11 +742,13 @@ def fit_gate(
         feats, labels, max_fpr=max_fpr, val_fraction=val_fraction, seed=seed,
         strata=_strata(rows), families=[_family(r) for r in rows], min_family_size=min_family_size,
     )  # fmt: skip
-    n_base = features.query_embeddings.shape[1] + 1
-    report["refusal_similarity_auc"] = roc_auc(feats[:, n_base - 1], labels)
+    n_base = features.query_embeddings.shape[1] + 1 if features.gate_embedding else 0
+    if features.gate_embedding:
+        report["refusal_similarity_auc"] = roc_auc(feats[:, n_base - 1], labels)
     if refusal_signal:
         # How well the backbone's own answer start separates on its own (refusal - compliance).
         report["refusal_signal_auc"] = roc_auc(feats[:, n_base] - feats[:, n_base + 1], labels)
+    report["gate_features"] = int(feats.shape[1])
     return probe, threshold, report
 
 
@@ -735,12 +848,16 @@ def fit_calibration(
             "max_fpr_doc": max_fpr_doc,
             "n_query_examples": len(q_idx),
             "n_passage_examples": len(d_idx),
+            "probe_layer": features.probe_layer,
             "categories": categories,
             "refusal_texts": list(REFUSAL_TEXTS),
             "refusal_openings": list(REFUSAL_OPENINGS) if refusal_signal else [],
             "compliance_openings": list(COMPLIANCE_OPENINGS) if refusal_signal else [],
         },
-        query_features=GATE_BASE_FEATURES + (ANSWER_FEATURES if refusal_signal else ()),
+        query_features=(GATE_BASE_FEATURES if features.gate_embedding else ())
+        + (ANSWER_FEATURES if refusal_signal else ())
+        + ((PROBE_FEATURE,) if features.probe_layer is not None else ()),
+        probe_layer=features.probe_layer,
         answer_token_ids=dict(features.answer_token_ids) if refusal_signal else {},
         calibration_digests=digests,
     )
@@ -756,6 +873,8 @@ def calibrate(
     val_fraction: float = 0.35,
     doc_spaces: Sequence[DocSpace] = DOC_SPACES,
     refusal_signal: bool = True,
+    probe_layer: int | str | None = DEFAULT_PROBE_LAYER,
+    gate_embedding: bool | None = None,
     min_family_size: int = MIN_FAMILY_SIZE,
     show_progress_bar: bool = False,
 ) -> SafetyCalibration:
@@ -778,6 +897,8 @@ def calibrate(
         rows,
         doc_spaces=doc_spaces,
         refusal_signal=refusal_signal,
+        probe_layer=probe_layer,
+        gate_embedding=gate_embedding,
         show_progress_bar=show_progress_bar,
     )
     return fit_calibration(
@@ -816,7 +937,18 @@ class SafetyFilter:
                 f"but this encoder is {encoder.fingerprint}: probes only mean something in the "
                 "vector space they were fitted in; recalibrate with `l2vg safety calibrate`"
             )
-        expected = encoder.dim + 1 + (len(ANSWER_FEATURES) if calibration.uses_refusal_signal else 0)
+        if calibration.probe_layer is not None:
+            try:
+                encoder.check_probe_layer(calibration.probe_layer)
+            except ValueError as exc:
+                raise SafetyCalibrationError(
+                    f"the calibration's probe layer does not fit this encoder: {exc}"
+                ) from exc
+        expected = (
+            (encoder.dim + 1 if calibration.uses_embedding else 0)
+            + (len(ANSWER_FEATURES) if calibration.uses_refusal_signal else 0)
+            + (encoder.hidden_size if calibration.probe_layer is not None else 0)
+        )
         if len(calibration.query_probe.weight) != expected:
             raise SafetyCalibrationError(
                 f"query probe has {len(calibration.query_probe.weight)} inputs, encoder needs {expected}"
@@ -836,6 +968,16 @@ class SafetyFilter:
     def uses_refusal_signal(self) -> bool:
         return self.calibration.uses_refusal_signal
 
+    @property
+    def probe_layer(self) -> int | None:
+        return self.calibration.probe_layer
+
+    @property
+    def needs_answer_states(self) -> bool:
+        """Whether the gate reads from the query's forward pass: search should then call
+        ``encode_with_answer_states(..., probe_layer=self.probe_layer)``."""
+        return self.calibration.needs_answer_states
+
     # -- queries
     def encode_queries(
         self, queries: Sequence[str], instruction: str | None = None, *, show_progress_bar: bool = False
@@ -843,19 +985,25 @@ class SafetyFilter:
         """Query embeddings (identical to ``encode_query``'s) and, with the refusal signal, the
         gate's answer features, from one forward pass: what a safe search should call."""
         prompt = instruction or self.calibration.query_instruction or self.encoder.config.query_instruction
-        if not self.uses_refusal_signal:
+        if not self.needs_answer_states:
             emb = self.encoder.encode_query(
                 list(queries), instruction=prompt, show_progress_bar=show_progress_bar
             )
             return np.atleast_2d(np.asarray(emb)), None
         emb, states = self.encoder.encode_with_answer_states(
-            list(queries), prompt=prompt, show_progress_bar=show_progress_bar
+            list(queries), prompt=prompt, show_progress_bar=show_progress_bar, probe_layer=self.probe_layer
         )
-        return np.atleast_2d(emb), answer_logprobs(self.encoder, states, self.calibration.answer_token_ids)
+        return np.atleast_2d(emb), self.answer_features(states)
 
-    def answer_features(self, states: np.ndarray) -> np.ndarray:
-        """The gate's answer features from answer-position states (``encode_with_answer_states``)."""
-        return answer_logprobs(self.encoder, states, self.calibration.answer_token_ids)
+    def answer_features(self, states: np.ndarray) -> np.ndarray | None:
+        """The gate's features read from the query's forward pass, from the states
+        ``encode_with_answer_states(..., probe_layer=self.probe_layer)`` returns."""
+        return gate_state_features(
+            self.encoder,
+            states,
+            token_ids=self.calibration.answer_token_ids if self.uses_refusal_signal else None,
+            probe_layer=self.probe_layer,
+        )
 
     def query_scores(self, queries: Sequence[str], *, instruction: str | None = None,
                      embeddings: np.ndarray | None = None,
@@ -864,12 +1012,13 @@ class SafetyFilter:
         refusal signal, ``answer_features`` skip re-encoding; given embeddings but no answer
         features, the queries are encoded once more to read the backbone's refusal signal."""
         answer = answer_features
-        if embeddings is None or (self.uses_refusal_signal and answer is None):
+        if embeddings is None or (self.needs_answer_states and answer is None):
             embeddings, answer = self.encode_queries(queries, instruction)
         feats = query_features(
             np.atleast_2d(np.asarray(embeddings)),
             self.calibration.refusal_prototype,
-            answer if self.uses_refusal_signal else None,
+            answer if self.needs_answer_states else None,
+            with_embedding=self.calibration.uses_embedding,
         )
         return self.calibration.query_probe.score(feats)
 
@@ -879,6 +1028,8 @@ class SafetyFilter:
         gate = cal.metrics.get("query_gate", {})
         nan = float("nan")
         signal = " + the backbone's refusal signal" if self.uses_refusal_signal else ""
+        if self.probe_layer is not None:
+            signal += f" + its state after {self.probe_layer} layers"
         basis = (
             f"probe on the generative query embedding + refusal similarity{signal}, calibrated at "
             f"precision {gate.get('precision', nan):.3f} / recall {gate.get('recall', nan):.3f}"

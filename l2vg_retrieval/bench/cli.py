@@ -41,6 +41,14 @@ GteTokensOpt = Annotated[
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=1024)]
 NameOpt = Annotated[str, typer.Option(help="results file name (without .json)")]
+DimsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dims",
+        help="also score each L2VG model on its first m dimensions, for each m of a comma list "
+        "(e.g. 256,128,64): reuses the full-size vectors, no second encoding",
+    ),
+]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -79,6 +87,30 @@ def _models(spec: str) -> list[str]:
     raise AssertionError("unreachable")
 
 
+def _dims(spec: str | None, keys: list[str]) -> list[int]:
+    """``--dims`` checked before the model loads (syntax, an L2VG model to cut); the sizes
+    are checked against the encoder's dimension in :func:`_retrievers`."""
+    from .lineup import check_dims_request, parse_dims
+
+    try:
+        dims = parse_dims(spec)
+        check_dims_request(keys, dims)
+        return dims
+    except ValueError as exc:
+        _fail(str(exc))
+    raise AssertionError("unreachable")
+
+
+def _retrievers(l2vg: Any, models: list[str], *, dims: list[int] | None, **options: Any) -> Any:
+    from .lineup import DimsError, build_retrievers
+
+    try:
+        return build_retrievers(l2vg, models, dims=dims, **options)
+    except DimsError as exc:  # a size larger than the encoder's output: bad input, not a crash
+        _fail(str(exc))
+    raise AssertionError("unreachable")
+
+
 def _step(label: str) -> Any:
     def report(model: str, where: str) -> None:
         console.print(f"[cyan]{label}[/cyan] {model} · {where}")
@@ -101,16 +133,19 @@ def _run_bright(
     batch_size: int,
     out_dir: Path,
     name: str,
+    dims: list[int] | None = None,
 ) -> Path:
     from .bright import BrightFormatError, load_source, run_bright
-    from .lineup import build_retrievers, describe_l2vg
+    from .lineup import describe_l2vg, dims_summary
     from .results import write_results
 
     try:
         data = load_source(source, domains, long_documents=long_documents)
     except BrightFormatError as exc:
         _fail(str(exc))
-    retrievers = build_retrievers(l2vg, models, gte_max_new_tokens=gte_max_new_tokens, batch_size=batch_size)
+    retrievers = _retrievers(
+        l2vg, models, dims=dims, gte_max_new_tokens=gte_max_new_tokens, batch_size=batch_size
+    )
     start = time.perf_counter()
     result = run_bright(
         data,
@@ -127,6 +162,8 @@ def _run_bright(
         "gte_max_new_tokens": gte_max_new_tokens,
         "wall_seconds": round(time.perf_counter() - start, 1),
         **result,
+        # Quality per m sits in "mean" under the prefix keys; this is the storage side.
+        "dims": dims_summary(retrievers, dims or [], n_documents=sum(len(d.documents) for d in data)),
     }
     path = write_results(name, payload, out_dir)
     for key, m in result["mean"].items():
@@ -161,9 +198,11 @@ def bright(
     batch_size: BatchOpt = 16,
     out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
     name: NameOpt = "bright",
+    dims: DimsOpt = None,
 ) -> None:
     """BRIGHT-style reasoning retrieval: nDCG@10, Recall@{10,100}, MRR for the whole lineup."""
     keys = _models(models)
+    sizes = _dims(dims, keys)
     # BM25 alone needs no model: the lexical sanity check runs in seconds.
     l2vg = _load(model, untrained, dtype) if set(keys) - {"bm25"} else None
     _run_bright(
@@ -180,6 +219,7 @@ def bright(
         batch_size=batch_size,
         out_dir=out_dir,
         name=name,
+        dims=sizes,
     )
 
 
@@ -197,9 +237,10 @@ def _run_qa(
     batch_size: int,
     out_dir: Path,
     name: str,
+    dims: list[int] | None = None,
 ) -> Path:
     from ..config import DEFAULT_QUERY_INSTRUCTION
-    from .lineup import build_retrievers, describe_l2vg
+    from .lineup import describe_l2vg, dims_summary
     from .qa import held_out_check, load_and_select, ratio_to_gte, run_qa
     from .qa_data import QADataError, describe
     from .results import write_results
@@ -209,7 +250,9 @@ def _run_qa(
     except QADataError as exc:
         _fail(str(exc))
     instruction = l2vg.config.query_instruction if l2vg is not None else DEFAULT_QUERY_INSTRUCTION
-    retrievers = build_retrievers(l2vg, models, gte_max_new_tokens=gte_max_new_tokens, batch_size=batch_size)
+    retrievers = _retrievers(
+        l2vg, models, dims=dims, gte_max_new_tokens=gte_max_new_tokens, batch_size=batch_size
+    )
     start = time.perf_counter()
     result = run_qa(
         qa,
@@ -234,6 +277,7 @@ def _run_qa(
         **result,
         "ratio_to_gte": ratio_to_gte(result, l2vg_key) if l2vg_key else None,
         "held_out_check": held_out_check(full),
+        "dims": dims_summary(retrievers, dims or [], n_documents=len(qa.passages)),
     }
     path = write_results(name, payload, out_dir)
     for key, m in result["mean"].items():
@@ -275,10 +319,12 @@ def qa_cmd(
     batch_size: BatchOpt = 16,
     out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
     name: NameOpt = "qa",
+    dims: DimsOpt = None,
 ) -> None:
     """FAQ question answering (perlfaq, Python FAQ) against the Perl and Python manuals:
     nDCG@10, Recall@{1,10,100}, MRR for the whole lineup."""
     keys = _models(models)
+    sizes = _dims(dims, keys)
     l2vg = _load(model, untrained, dtype) if set(keys) - {"bm25"} else None
     _run_qa(
         l2vg,
@@ -293,6 +339,7 @@ def qa_cmd(
         batch_size=batch_size,
         out_dir=out_dir,
         name=name,
+        dims=sizes,
     )
 
 
@@ -309,13 +356,16 @@ def _run_mteb(
     batch_size: int,
     out_dir: Path,
     name: str,
+    dims: list[int] | None = None,
 ) -> Path:
-    from .lineup import build_retrievers, describe_l2vg
+    from .lineup import describe_l2vg, dims_summary
     from .mteb_suite import DEFAULT_SUBSET_LIMITS, LOCAL_TASKS, run_suite
     from .results import write_results
 
     dense = [k for k in models if k != "bm25"]  # BM25 has no place in STS/classification
-    retrievers = build_retrievers(l2vg, dense, gte_max_new_tokens=gte_max_new_tokens, batch_size=batch_size)
+    retrievers = _retrievers(
+        l2vg, dense, dims=dims, gte_max_new_tokens=gte_max_new_tokens, batch_size=batch_size
+    )
     names = tasks or list(LOCAL_TASKS)
     subset = {k: v for k, v in DEFAULT_SUBSET_LIMITS.items() if k in names} if gte_subset else {}
     if limit:
@@ -335,6 +385,8 @@ def _run_mteb(
         "gte_max_new_tokens": gte_max_new_tokens,
         "wall_seconds": round(time.perf_counter() - start, 1),
         **result,
+        # The suite has no single collection: bytes per document vector only.
+        "dims": dims_summary(retrievers, dims or []),
     }
     path = write_results(name, payload, out_dir)
     for key, row in result["scores"].items():
@@ -363,9 +415,11 @@ def mteb_cmd(
     batch_size: BatchOpt = 16,
     out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
     name: NameOpt = "mteb",
+    dims: DimsOpt = None,
 ) -> None:
     """MTEB-style suite through mteb.evaluate: STS, classification, clustering, retrieval."""
     keys = _models(models)
+    sizes = _dims(dims, keys)
     l2vg = _load(model, untrained, dtype)
     _run_mteb(
         l2vg,
@@ -379,6 +433,7 @@ def mteb_cmd(
         batch_size=batch_size,
         out_dir=out_dir,
         name=name,
+        dims=sizes,
     )
 
 

@@ -364,7 +364,8 @@ def run_harmful_benchmark(
         gen_report, features = _generalisation(encoder, generalisation_rows, show_progress_bar)
         timings["generalisation"] = time.perf_counter() - start
         q_table = {r.text: v for r, v in zip(features.queries, features.query_embeddings, strict=True)}
-        if features.answer_states is not None:
+        # The generalisation pass's states serve the gate only if it probed the same layer.
+        if features.answer_states is not None and features.probe_layer == safety.probe_layer:
             state_table = {r.text: v for r, v in zip(features.queries, features.answer_states, strict=True)}
         for space, matrix in features.doc_embeddings.items():
             doc_tables[space] = {r.text: v for r, v in zip(features.passages, matrix, strict=True)}
@@ -416,8 +417,8 @@ def run_harmful_benchmark(
 
     start = time.perf_counter()
     answer = None
-    if safety.uses_refusal_signal:
-        if all(q in state_table for q in queries):
+    if safety.needs_answer_states:
+        if state_table and all(q in state_table for q in queries):
             answer = safety.answer_features(np.stack([state_table[q] for q in queries]))
         else:
             l2vg_q, answer = safety.encode_queries(queries)
@@ -449,6 +450,8 @@ def run_harmful_benchmark(
             "document": safety.calibration.doc_threshold,
             "doc_space": safety.doc_space,
             "refusal_signal": safety.uses_refusal_signal,
+            "probe_layer": safety.probe_layer,
+            "gate_features": list(safety.calibration.query_features),
         },
         "calibration_overlap": overlap,
         "data": data.counts(),

@@ -11,11 +11,13 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..llm2vec.baselines import LLM2VEC_KEYS, LLM2VEC_LABELS
+from ..matryoshka import check_dim
 from .results import portable_model_name
 
 # Order matters: it is the order of every table and plot.
@@ -39,6 +41,93 @@ DENSE_KEYS = tuple(k for k in MODEL_KEYS if k != "bm25")
 # LLM2Vec (the paper's unsupervised teacher and its ablation steps): run only when asked
 # for by name, since they need a trained LLM2Vec checkpoint (l2vg llm2vec train).
 MODEL_LABELS.update(LLM2VEC_LABELS)
+# The models ``--dims`` evaluates at Matryoshka prefixes (``l2vg-gen-docs@128``): the ones
+# trained with nested prefixes. The baselines have no such training, so cutting them says
+# nothing about L2VG.
+PREFIX_BASES: tuple[str, ...] = ("l2vg-gen-docs", "l2vg-teacher-docs")
+PREFIX_SEPARATOR = "@"
+FLOAT32_BYTES = 4  # the caches and every vector store here hold float32
+
+
+class DimsError(ValueError):
+    """A ``--dims`` request that cannot be evaluated (bad number, too large, no L2VG model)."""
+
+
+def prefix_key(base: str, dim: int) -> str:
+    """``l2vg-gen-docs@128``: the key of ``base`` evaluated at its first ``dim`` dimensions."""
+    return f"{base}{PREFIX_SEPARATOR}{dim}"
+
+
+def split_prefix_key(key: str) -> tuple[str, int | None]:
+    """``("l2vg-gen-docs", 128)`` for a prefix key, ``(key, None)`` for any other key."""
+    base, sep, tail = key.rpartition(PREFIX_SEPARATOR)
+    if sep and base and tail.isascii() and tail.isdigit():
+        return base, int(tail)
+    return key, None
+
+
+def model_label(key: str) -> str:
+    """The table/plot label of a results key: a lineup key, a prefix key or anything else.
+
+    Results files outlive the lineup (a renamed key, a model added later), so an unknown
+    key falls back to itself rather than failing the whole report.
+    """
+    if key in MODEL_LABELS:
+        return MODEL_LABELS[key]
+    base, dim = split_prefix_key(key)
+    if dim is not None:
+        return f"{MODEL_LABELS.get(base, base)}, first {dim} dims"
+    return key
+
+
+def ordered_keys(keys: Sequence[str]) -> list[str]:
+    """``keys`` in table order: the lineup order, each model's prefixes right after it
+    (largest first), then keys the lineup does not know, in the order given."""
+    present = list(dict.fromkeys(keys))
+    prefixes: dict[str, list[tuple[int, str]]] = {}
+    for key in present:
+        base, dim = split_prefix_key(key)
+        if dim is not None and key not in MODEL_LABELS:
+            prefixes.setdefault(base, []).append((dim, key))
+    out: list[str] = []
+    for base in [*MODEL_LABELS, *(b for b in prefixes if b not in MODEL_LABELS)]:
+        if base in present:
+            out.append(base)
+        out += [key for _, key in sorted(prefixes.get(base, []), reverse=True)]
+    return out + [k for k in present if k not in out]
+
+
+def parse_dims(spec: str | Sequence[int] | None) -> list[int]:
+    """``"256,128,64"`` (or a sequence of ints) → distinct positive sizes, largest first.
+
+    Only the syntax is checked here; :func:`build_retrievers` checks each size against the
+    encoder's output dimension, which is known only once the model is loaded.
+    """
+    if spec is None:
+        return []
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    dims: list[int] = []
+    for item in items:
+        if isinstance(item, str):
+            if not item:
+                continue
+            # int() alone would also take "+8", "1_0" or non-ASCII digits; keep the syntax plain.
+            if not (item.isascii() and item.isdigit()):
+                raise DimsError(f"--dims takes a comma list of positive integers, got {item!r} in {spec!r}")
+            item = int(item)
+        if isinstance(item, bool) or not isinstance(item, Integral) or item < 1:
+            raise DimsError(f"--dims takes a comma list of positive integers, got {item!r} in {spec!r}")
+        dims.append(int(item))
+    if not dims:
+        raise DimsError(f"--dims is empty: {spec!r}")
+    return sorted(set(dims), reverse=True)
+
+
+def check_dims_request(keys: Sequence[str], dims: Sequence[int]) -> None:
+    """A prefix needs an L2VG model in the lineup to cut: asking for one without is an error,
+    not a silently empty table."""
+    if dims and not any(k in PREFIX_BASES for k in keys):
+        raise DimsError(f"--dims evaluates {' and '.join(PREFIX_BASES)}; neither is in the chosen models")
 
 
 class Retriever(Protocol):
@@ -140,6 +229,80 @@ class DenseRetriever:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+
+
+@dataclass
+class PrefixRetriever:
+    """A dense retriever's first ``dim`` dimensions, re-normalised, scored by cosine.
+
+    It never encodes: it reads the base's cached full-size vectors (embedding them through
+    the base if not yet there, so it is correct in any order), which is what makes a
+    ``--dims`` sweep cost a few matrix products instead of one corpus pass per size.
+    Cutting then normalising is :func:`l2vg_retrieval.matryoshka.truncate` followed by the
+    normalisation ``encode(..., dim=m)`` does, so the scores are those of a prefix encoder.
+    """
+
+    key: str
+    base: DenseRetriever
+    dim: int
+
+    def __post_init__(self) -> None:
+        try:
+            check_dim(self.dim, self.full_dim)
+        except ValueError as exc:
+            raise DimsError(f"{self.key}: {exc}") from exc
+
+    @property
+    def full_dim(self) -> int:
+        """The base encoder's output size: the largest prefix there is."""
+        return int(self.base.encoder.dim)
+
+    @property
+    def bytes_per_vector(self) -> int:
+        return self.dim * FLOAT32_BYTES
+
+    def _cut(self, vectors: np.ndarray) -> np.ndarray:
+        if vectors.shape[1] < self.dim:  # an encoder whose dim attribute lies about its output
+            raise ValueError(f"{self.key}: the base returned {vectors.shape[1]}-d vectors")
+        return _unit(np.ascontiguousarray(vectors[:, : self.dim]))
+
+    def embed_queries(self, queries: Sequence[str], instruction: str | None = None) -> np.ndarray:
+        return self._cut(self.base.embed_queries(queries, instruction))
+
+    def embed_documents(self, documents: Sequence[str]) -> np.ndarray:
+        return self._cut(self.base.embed_documents(documents))
+
+    def score(
+        self, queries: Sequence[str], documents: Sequence[str], *, instruction: str | None = None
+    ) -> np.ndarray:
+        return self.embed_queries(queries, instruction) @ self.embed_documents(documents).T
+
+
+def dims_summary(
+    retrievers: dict[str, Any], dims: Sequence[int], *, n_documents: int | None = None
+) -> dict[str, Any] | None:
+    """What a ``--dims`` run records: the sizes, and float32 bytes per document vector for
+    each L2VG model and each of its prefixes (times ``n_documents``: the collection's size),
+    so quality can be read against storage. None without ``dims``."""
+    if not dims:
+        return None
+    sizes: dict[str, int] = {}
+    for key, retriever in retrievers.items():
+        if isinstance(retriever, PrefixRetriever):
+            sizes[key] = retriever.dim
+        elif key in PREFIX_BASES and isinstance(retriever, DenseRetriever):
+            sizes[key] = int(retriever.encoder.dim)
+    per_doc = {k: d * FLOAT32_BYTES for k, d in sizes.items()}
+    return {
+        "dims": list(dims),
+        "dim": sizes,
+        "dtype": "float32",
+        "vector_bytes_per_document": per_doc,
+        "n_documents": n_documents,
+        "collection_bytes": (
+            {k: b * n_documents for k, b in per_doc.items()} if n_documents is not None else None
+        ),
+    }
 
 
 def parse_models(spec: str | Sequence[str] | None) -> list[str]:
@@ -245,7 +408,15 @@ def build_retrievers(
     gte_max_new_tokens: int = 96,
     batch_size: int = 16,
     llm2vec: str | None = None,
+    dims: Sequence[int] | None = None,
 ) -> dict[str, Retriever]:
+    """One retriever per key, in ``keys`` order; with ``dims``, each L2VG model is followed
+    by a :class:`PrefixRetriever` per size (``l2vg-gen-docs@128``) sharing its caches.
+
+    Raises :class:`DimsError` if a size exceeds the encoder's output dimension.
+    """
+    dims = list(dims or [])
+    check_dims_request(keys, dims)
     dense = [k for k in keys if k != "bm25"]
     encoders = (
         encoders_from(l2vg, dense, gte_max_new_tokens=gte_max_new_tokens, llm2vec=llm2vec) if dense else {}
@@ -266,7 +437,17 @@ def build_retrievers(
     ]
     for retriever in teacher_docs[1:]:
         retriever.document_cache = teacher_docs[0].document_cache
-    return out
+    if not dims:
+        return out
+    # Each base comes right before its prefixes: the runners go in dict order, so the base
+    # fills the caches and its prefixes only read them.
+    with_prefixes: dict[str, Retriever] = {}
+    for key, retriever in out.items():
+        with_prefixes[key] = retriever
+        if key in PREFIX_BASES and isinstance(retriever, DenseRetriever):
+            for dim in dims:
+                with_prefixes[prefix_key(key, dim)] = PrefixRetriever(prefix_key(key, dim), retriever, dim)
+    return with_prefixes
 
 
 def describe_l2vg(l2vg: Any, checkpoint: str | None, untrained: bool) -> dict[str, Any]:

@@ -286,7 +286,9 @@ class CachedEncoderView:
 
     def __init__(self, retriever: Any) -> None:
         self.retriever = retriever
-        self.dim = int(retriever.encoder.dim)
+        # A prefix retriever (``--dims``) has no encoder of its own: its size is its ``dim``.
+        own = getattr(retriever, "dim", None)
+        self.dim = int(own if own is not None else retriever.encoder.dim)
 
     def encode_query(
         self, texts: Sequence[str], *, instruction: str | None = None, **kwargs: Any

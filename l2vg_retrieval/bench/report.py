@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .lineup import MODEL_LABELS
+from .lineup import model_label, ordered_keys, split_prefix_key
 from .results import DEFAULT_RESULTS_DIR, read_results
 
 DEFAULT_DOCS_DIR = Path("docs")
@@ -84,11 +84,11 @@ def _bar_png(path: Path, title: str, labels: list[str], series: dict[str, list[f
 # ------------------------------------------------------------------ sections
 def section_bright(data: dict[str, Any], docs: Path) -> str:
     mean, domains = data["mean"], data["domains"]
-    keys = [k for k in MODEL_LABELS if k in mean]
+    keys = ordered_keys(list(mean))
     names = list(domains)
     rows = [
         [
-            MODEL_LABELS[k],
+            model_label(k),
             *[domains[d][k]["ndcg@10"] for d in names],
             *[mean[k][m] for m in ("ndcg@10", "recall@10", "recall@100", "mrr")],
         ]
@@ -111,22 +111,60 @@ def section_bright(data: dict[str, Any], docs: Path) -> str:
             _table(
                 ["model", "nDCG@10", "R@10", "MRR"],
                 [
-                    [MODEL_LABELS[k], sub[k]["ndcg@10"], sub[k]["recall@10"], sub[k]["mrr"]]
-                    for k in MODEL_LABELS
-                    if k in sub
+                    [model_label(k), sub[k]["ndcg@10"], sub[k]["recall@10"], sub[k]["mrr"]]
+                    for k in ordered_keys(list(sub))
                 ],
             )
         )
+    out += _dims_table(data, {k: mean[k]["ndcg@10"] for k in keys}, "nDCG@10")
     png = docs / "benchmarks_bright.png"
     _bar_png(
         png,
         "BRIGHT-style nDCG@10",
-        [MODEL_LABELS[k] for k in keys],
+        [model_label(k) for k in keys],
         {"nDCG@10": [mean[k]["ndcg@10"] for k in keys]},
         "nDCG@10",
     )
     out.append(f"![BRIGHT-style nDCG@10]({png.name})")
     return "\n\n".join(out)
+
+
+def _dims_table(data: dict[str, Any], quality: dict[str, float | None], metric: str) -> list[str]:
+    """Markdown blocks for a ``--dims`` run: quality per prefix size against its storage.
+
+    Empty when the run had no ``--dims``. Each prefix's quality is also given as a share of
+    its full-size model's, the number that decides whether a smaller collection is worth it.
+    """
+    summary = data.get("dims")
+    if not isinstance(summary, dict) or not summary.get("vector_bytes_per_document"):
+        return []
+    per_doc: dict[str, int] = summary["vector_bytes_per_document"]
+    sizes: dict[str, int] = summary.get("dim") or {}
+    total: dict[str, int] = summary.get("collection_bytes") or {}
+    rows = []
+    for key in ordered_keys(list(per_doc)):
+        base, _ = split_prefix_key(key)
+        mine, full = quality.get(key), quality.get(base)
+        rows.append(
+            [
+                model_label(key),
+                sizes.get(key),
+                per_doc[key],
+                (total[key] / 2**20) if key in total else None,
+                mine,
+                (mine / full) if mine is not None and full else None,
+            ]
+        )
+    n_docs = summary.get("n_documents")
+    where = f"{n_docs} documents" if n_docs else "per document"
+    return [
+        f"Matryoshka prefixes (`--dims {','.join(map(str, summary.get('dims') or []))}`): each L2VG "
+        f"model on its first m dimensions, re-normalised, against float32 storage ({where}):",
+        _table(
+            ["model", "dims", "bytes / document", "collection MiB", metric, f"{metric} vs full size"],
+            rows,
+        ),
+    ]
 
 
 def _variant_suffix(data: dict[str, Any], base: str) -> str:
@@ -137,12 +175,12 @@ def _variant_suffix(data: dict[str, Any], base: str) -> str:
 def section_qa(data: dict[str, Any], docs: Path) -> str:
     mean = data["mean"]
     by_lang = data.get("by_language") or {}
-    keys = [k for k in MODEL_LABELS if k in mean]
+    keys = ordered_keys(list(mean))
     counts = data.get("counts") or {}
     rel = counts.get("relevant_per_query") or {}
     rows = [
         [
-            MODEL_LABELS[k],
+            model_label(k),
             *[mean[k][m] for m in ("ndcg@10", "recall@1", "recall@10", "recall@100", "mrr")],
             by_lang.get("perl", {}).get(k, {}).get("ndcg@10"),
             by_lang.get("python", {}).get(k, {}).get("ndcg@10"),
@@ -172,16 +210,15 @@ def section_qa(data: dict[str, Any], docs: Path) -> str:
             _table(
                 ["model", "nDCG@10", "R@10", "MRR"],
                 [
-                    [MODEL_LABELS[k], sub[k]["ndcg@10"], sub[k]["recall@10"], sub[k]["mrr"]]
-                    for k in MODEL_LABELS
-                    if k in sub
+                    [model_label(k), sub[k]["ndcg@10"], sub[k]["recall@10"], sub[k]["mrr"]]
+                    for k in ordered_keys(list(sub))
                 ],
             )
         )
     ratio = data.get("ratio_to_gte")
     if ratio and ratio.get("ndcg@10") is not None:
         out.append(
-            f"{MODEL_LABELS[ratio['model']]} (the encoder's default document mode) / generate-then-encode "
+            f"{model_label(ratio['model'])} (the encoder's default document mode) / generate-then-encode "
             f"on those {ratio['n_queries']} queries: nDCG@10 ×{ratio['ndcg@10']:.2f}, "
             f"R@10 ×{_fmt(ratio.get('recall@10'), 2)}, MRR ×{_fmt(ratio.get('mrr'), 2)}."
         )
@@ -191,11 +228,12 @@ def section_qa(data: dict[str, Any], docs: Path) -> str:
             f"Held-out check: {check['overlapping_rows']} rows of the training/held-out query pool "
             "match a QA question after case and punctuation normalisation."
         )
+    out += _dims_table(data, {k: mean[k]["ndcg@10"] for k in keys}, "nDCG@10")
     png = docs / f"benchmarks_{data.get('benchmark', 'qa')}.png"
     _bar_png(
         png,
         "QA retrieval (FAQ questions vs Perl/Python manuals)",
-        [MODEL_LABELS[k] for k in keys],
+        [model_label(k) for k in keys],
         {m: [mean[k][key] for k in keys] for m, key in (("nDCG@10", "ndcg@10"), ("Recall@10", "recall@10"))},
         "score",
     )
@@ -206,9 +244,9 @@ def section_qa(data: dict[str, Any], docs: Path) -> str:
 def section_mteb(data: dict[str, Any], docs: Path) -> str:
     scores = data["scores"]
     tasks = data["tasks"]
-    keys = [k for k in MODEL_LABELS if k in scores]
+    keys = ordered_keys(list(scores))
     rows = [
-        [MODEL_LABELS[k], *[scores[k].get(t) for t in tasks], _mean([scores[k].get(t) for t in tasks])]
+        [model_label(k), *[scores[k].get(t) for t in tasks], _mean([scores[k].get(t) for t in tasks])]
         for k in keys
     ]
     out = [
@@ -229,21 +267,21 @@ def section_mteb(data: dict[str, Any], docs: Path) -> str:
                 ["model", *sub_tasks, "mean"],
                 [
                     [
-                        MODEL_LABELS[k],
+                        model_label(k),
                         *[sub[k].get(t) for t in sub_tasks],
                         _mean([sub[k].get(t) for t in sub_tasks]),
                     ]
-                    for k in MODEL_LABELS
-                    if k in sub
+                    for k in ordered_keys(list(sub))
                 ],
             )
         )
+    out += _dims_table(data, {k: _mean([scores[k].get(t) for t in tasks]) for k in keys}, "mean score")
     png = docs / "benchmarks_mteb.png"
     _bar_png(
         png,
         "MTEB-style suite (main score)",
         [t.removeprefix("L2VG") for t in tasks],
-        {MODEL_LABELS[k]: [scores[k].get(t) or 0.0 for t in tasks] for k in keys},
+        {model_label(k): [scores[k].get(t) or 0.0 for t in tasks] for k in keys},
         "score",
     )
     out.append(f"![MTEB-style suite]({png.name})")
@@ -338,7 +376,7 @@ def headline(all_results: dict[str, dict[str, Any]]) -> str | None:
         mine = sub.get(key, {}).get("ndcg@10")
         if gte and mine is not None:
             lines.append(
-                f"- **BRIGHT-style quality** ({MODEL_LABELS[key]}): nDCG@10 {mine:.3f} vs {gte:.3f} for "
+                f"- **BRIGHT-style quality** ({model_label(key)}): nDCG@10 {mine:.3f} vs {gte:.3f} for "
                 f"generate-then-encode on the same queries = {100 * mine / gte:.0f}% of its quality."
             )
     qa = all_results.get("qa", {})
@@ -347,7 +385,7 @@ def headline(all_results: dict[str, dict[str, Any]]) -> str | None:
     if ratio.get("ndcg@10") is not None:
         key = ratio["model"]
         lines.append(
-            f"- **QA quality** ({MODEL_LABELS[key]}): nDCG@10 {sub[key]['ndcg@10']:.3f} vs "
+            f"- **QA quality** ({model_label(key)}): nDCG@10 {sub[key]['ndcg@10']:.3f} vs "
             f"{sub['generate-then-encode']['ndcg@10']:.3f} for generate-then-encode on the same "
             f"{ratio['n_queries']} FAQ questions = {100 * ratio['ndcg@10']:.0f}% of its quality."
         )
