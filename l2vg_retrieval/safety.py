@@ -45,6 +45,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .vectors import unit_rows
+
 HARM_SCORE_KEY = "l2vg_harm_score"
 HARM_FLAG_KEY = "l2vg_harm_flagged"
 SAFETY_FILE = "safety.json"
@@ -457,8 +459,7 @@ def query_features(
     (:func:`gate_state_features`: the answer-start log-probabilities and/or the probed
     middle-layer state), if any."""
     emb = np.atleast_2d(np.asarray(embeddings, dtype=np.float64))
-    norms = np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
-    cosine = (emb / norms) @ prototype
+    cosine = unit_rows(emb) @ prototype
     blocks = [emb, cosine[:, None]] if with_embedding else []
     if answer_features is not None:
         answer = np.atleast_2d(np.asarray(answer_features, dtype=np.float64))
@@ -468,11 +469,6 @@ def query_features(
     if not blocks:
         raise ValueError("the gate needs the embedding or features from the query's forward pass")
     return np.hstack(blocks)
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
 
 
 def resolve_probe_layer(encoder: Any, spec: int | str | None) -> int | None:
@@ -510,7 +506,7 @@ def gate_state_features(
     if token_ids:
         blocks.append(answer_logprobs(encoder, states[:, :hidden], token_ids))
     if probe_layer is not None:
-        blocks.append(unit_rows(states[:, hidden:]))
+        blocks.append(unit_rows(states[:, hidden:], np.float64))
     return np.hstack(blocks) if blocks else None
 
 
@@ -607,7 +603,7 @@ def featurize(
         if refusal_signal:
             answer = answer_logprobs(encoder, states[:, :hidden], token_ids) if q_texts else np.zeros((0, 2))
         if layer is not None:
-            probe = unit_rows(states[:, hidden:]) if q_texts else np.zeros((0, hidden))
+            probe = unit_rows(states[:, hidden:], np.float64) if q_texts else np.zeros((0, hidden))
     else:
         q_emb = (
             np.asarray(

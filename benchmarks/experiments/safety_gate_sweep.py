@@ -24,8 +24,8 @@ import numpy as np
 
 from l2vg_retrieval import safety
 from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
-from l2vg_retrieval.safety import unit_rows
 from l2vg_retrieval.safety_data import load_taxonomy
+from l2vg_retrieval.vectors import unit_rows
 
 
 def main(path: str, specs: list[str]) -> None:
@@ -44,9 +44,9 @@ def main(path: str, specs: list[str]) -> None:
     extra = {
         "none": None,
         "only": None,
-        "teacher_q": unit_rows(data["teacher_q"]),
-        "answer_state": unit_rows(features.answer_states),
-        **{f"mid{layer}": unit_rows(v) for layer, v in data["mid"].items()},
+        "teacher_q": unit_rows(data["teacher_q"], np.float64),
+        "answer_state": unit_rows(features.answer_states, np.float64),
+        **{f"mid{layer}": unit_rows(v, np.float64) for layer, v in data["mid"].items()},
     }
     features.doc_embeddings["both"] = np.hstack(
         [features.doc_embeddings["generative"], features.doc_embeddings["teacher"]]

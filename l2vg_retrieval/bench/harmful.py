@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..jsonl import read_jsonl
+from ..vectors import unit_rows
 from .metrics import ndcg_at_k, rank
 from .results import portable_path
 
@@ -231,8 +232,7 @@ def search(
     allowed: np.ndarray | None = None,
 ) -> list[list[str]]:
     """Exact cosine search; ties broken as bench.metrics.rank does (by id, descending)."""
-    q = query_emb / np.linalg.norm(query_emb, axis=1, keepdims=True).clip(min=1e-12)
-    d = doc_emb / np.linalg.norm(doc_emb, axis=1, keepdims=True).clip(min=1e-12)
+    q, d = unit_rows(query_emb), unit_rows(doc_emb)
     scores = q @ d.T
     out = []
     for row in scores:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..llm2vec.baselines import LLM2VEC_KEYS, LLM2VEC_LABELS
 from ..matryoshka import check_dim
+from ..vectors import unit_rows
 from .results import portable_model_name
 
 # Order matters: it is the order of every table and plot.
@@ -222,13 +223,9 @@ class DenseRetriever:
     def score(
         self, queries: Sequence[str], documents: Sequence[str], *, instruction: str | None = None
     ) -> np.ndarray:
-        q = _unit(self.embed_queries(queries, instruction))
-        d = _unit(self.embed_documents(documents))
+        q = unit_rows(self.embed_queries(queries, instruction))
+        d = unit_rows(self.embed_documents(documents))
         return q @ d.T
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
 
 
 @dataclass
@@ -264,7 +261,7 @@ class PrefixRetriever:
     def _cut(self, vectors: np.ndarray) -> np.ndarray:
         if vectors.shape[1] < self.dim:  # an encoder whose dim attribute lies about its output
             raise ValueError(f"{self.key}: the base returned {vectors.shape[1]}-d vectors")
-        return _unit(np.ascontiguousarray(vectors[:, : self.dim]))
+        return unit_rows(np.ascontiguousarray(vectors[:, : self.dim]))
 
     def embed_queries(self, queries: Sequence[str], instruction: str | None = None) -> np.ndarray:
         return self._cut(self.base.embed_queries(queries, instruction))

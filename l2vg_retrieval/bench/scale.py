@@ -45,6 +45,7 @@ from qdrant_client import models
 
 from ..qdrant import HARM_FLAG_KEY, METADATA_KEY, build_filter, open_collection, open_store
 from ..qdrant_edge import DEFAULT_HNSW_EF
+from ..vectors import unit_rows
 
 SCALE_BACKENDS = ("local", "edge")
 VECTOR_KINDS = ("lowrank", "random", "real")
@@ -56,13 +57,8 @@ FILTER_BUCKETS = (1, 2, 3)
 FLAG_EVERY = 100
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def random_vectors(n: int, dim: int, seed: int) -> np.ndarray:
-    return unit_rows(np.random.default_rng(seed).standard_normal((n, dim), dtype=np.float32))
+    return unit_rows(np.random.default_rng(seed).standard_normal((n, dim), dtype=np.float32), np.float32)
 
 
 # ``lowrank``: points live near a random LOWRANK_DIM-d subspace (MiniLM embeddings of
@@ -83,7 +79,7 @@ def lowrank_vectors(n: int, dim: int, seed: int, *, basis_seed: int = 0) -> np.n
         m = min(n, start + 65_536) - start
         latent = rng.standard_normal((m, rank)) / np.sqrt(rank)
         noise = rng.standard_normal((m, dim)) * (LOWRANK_NOISE / np.sqrt(dim))
-        out[start : start + m] = unit_rows(latent @ basis.T + noise)
+        out[start : start + m] = unit_rows(latent @ basis.T + noise, np.float32)
     return out
 
 
@@ -96,7 +92,7 @@ def noisy_copies(base: np.ndarray, n: int, noise: float, seed: int) -> np.ndarra
         rows = base[idx % len(base)].copy()
         noisy = idx >= len(base)
         rows[noisy] += noise * rng.standard_normal((int(noisy.sum()), base.shape[1]), dtype=np.float32)
-        out[idx] = unit_rows(rows)
+        out[idx] = unit_rows(rows, np.float32)
     return out
 
 
@@ -347,8 +343,8 @@ def real_base(
     if path is not None and path.is_file():
         data = np.load(path)
         return data["passages"], data["questions"]
-    docs = unit_rows(teacher.encode_query(passages, batch_size=64))
-    qs = unit_rows(teacher.encode_query(questions, batch_size=64))
+    docs = unit_rows(teacher.encode_query(passages, batch_size=64), np.float32)
+    qs = unit_rows(teacher.encode_query(questions, batch_size=64), np.float32)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, passages=docs, questions=qs)
