@@ -978,8 +978,9 @@ class SafetyFilter:
     def encode_queries(
         self, queries: Sequence[str], instruction: str | None = None, *, show_progress_bar: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Query embeddings (identical to ``encode_query``'s) and, with the refusal signal, the
-        gate's answer features, from one forward pass: what a safe search should call."""
+        """Query embeddings (identical to ``encode_query``'s) and, when the gate reads the
+        query's forward pass (refusal signal, probe layer), its features, from one pass:
+        what a safe search should call."""
         prompt = instruction or self.calibration.query_instruction or self.encoder.config.query_instruction
         if not self.needs_answer_states:
             emb = self.encoder.encode_query(
