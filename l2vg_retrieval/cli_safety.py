@@ -63,6 +63,15 @@ def register(app: typer.Typer) -> None:
                 "encoding pass, read in the same pass ('middle': half of them; 'none': off)"
             ),
         ] = "middle",
+        doc_space: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--doc-space",
+                help="what the document screen reads (repeatable: the best on validation is kept): "
+                "probe (the document pass's state after the probe layer; default with a probe "
+                "layer), generative, teacher (the passage's vector in that document mode)",
+            ),
+        ] = None,
         min_family_size: Annotated[
             int,
             typer.Option(
@@ -89,7 +98,7 @@ def register(app: typer.Typer) -> None:
             calibration = calibrate(
                 encoder, rows, seed=seed, max_fpr_query=max_fpr_query, max_fpr_doc=max_fpr_doc,
                 refusal_signal=refusal_signal, probe_layer=probe_layer, min_family_size=min_family_size,
-                show_progress_bar=True,
+                doc_spaces=doc_space or None, show_progress_bar=True,
             )  # fmt: skip
         except (OSError, ValueError) as exc:
             fail(str(exc))

@@ -137,6 +137,8 @@ class L2VGEncoder(torch.nn.Module):
             if config.exit_layer is not None
             else self.lm.get_decoder()
         ]
+        # Views of the first k layers for probe_states (also outside the module tree).
+        self._probe_bodies: dict[int, torch.nn.Module] = {}
         self._prefix_kv: dict[tuple[Any, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._lock = threading.RLock()
 
@@ -244,8 +246,12 @@ class L2VGEncoder(torch.nn.Module):
         return params + (self.adapter.parameters() if self.adapter is not None else [])
 
     def clear_caches(self) -> None:
-        """Forget cached prefix states: needed whenever the encoding pass's weights change."""
+        """Forget cached prefix states: needed whenever the encoding pass's weights change.
+        (The LoRA's merged inference weights notice changes themselves; dropping them here
+        also returns their memory.)"""
         self._prefix_kv.clear()
+        if self.adapter is not None:
+            self.adapter.clear_merged()
 
     def load_trainable_state(self, tensors: dict[str, torch.Tensor]) -> None:
         expected = {k: tuple(v.shape) for k, v in self.trainable_state().items()}
@@ -356,6 +362,8 @@ class L2VGEncoder(torch.nn.Module):
            text (the special tokens come after it), so this is exact and spares training
            the backward pass through the text. With an encoder LoRA the text's states
            depend on trained weights, so in training all three passes keep autograd.
+        Without autograd (inference), 2 and 3 run as one pass: a short query's cost is
+        mostly streaming the weights, once per pass.
         """
         with self._adapter_scope():
             return self._compression_states(batch, prefix_hint)
@@ -376,6 +384,14 @@ class L2VGEncoder(torch.nn.Module):
         With ``probe_layer`` k it receives ``[B, 2H]``: that state, then the same position's
         state after the first k layers (read by a forward hook on the text pass only)."""
         body = self.encoding_body
+        n_special = self.config.n_special
+        # Without autograd the text and the special tokens run as one pass: the same causal
+        # attention, but the weights stream through once instead of twice, which is most
+        # of a short query's cost on a CPU. Training keeps the passes apart so that only
+        # the special tokens' pass carries autograd (see compression_states).
+        fused = not torch.is_grad_enabled()
+        # The last text position (the answer position) in what the text's pass returns.
+        text_last = -1 - n_special if fused else -1
         probe: list[torch.Tensor] = []
         hook = None
         if answer_states is not None and probe_layer is not None:
@@ -383,7 +399,7 @@ class L2VGEncoder(torch.nn.Module):
 
             def keep_last(_module: torch.nn.Module, _args: Any, output: Any) -> None:
                 hidden = output[0] if isinstance(output, tuple) else output
-                probe.append(hidden[:, -1].float())
+                probe.append(hidden[:, text_last].float())
 
             hook = layer.register_forward_hook(keep_last)
         # A LoRA in training changes the text's states too, so then the text passes need
@@ -394,37 +410,48 @@ class L2VGEncoder(torch.nn.Module):
         shared = common_prefix_length(batch, list(prefix_hint or self.template.prefix_ids))
         rest_ids, rest_mask = pad_left([ids[shared:] for ids in batch], self.tokenizer.pad_token_id)
         rest_ids, rest_mask = rest_ids.to(self.device_), rest_mask.to(self.device_)
-        n_batch, n_special = rest_ids.shape[0], self.config.n_special
+        n_batch = rest_ids.shape[0]
         cache = self._expanded_prefix_cache(tuple(batch[0][:shared]), n_batch, fresh=text_grad)
         prefix_mask = torch.ones((n_batch, shared), dtype=torch.long, device=self.device_)
         mask = torch.cat([prefix_mask, rest_mask], dim=1)
+        special = self.special_tokens.to(self.dtype_).unsqueeze(0).expand(n_batch, -1, -1)
+        full_mask = torch.cat([mask, torch.ones_like(mask[:, :1]).expand(-1, n_special)], dim=1)
         try:
-            with torch.set_grad_enabled(text_grad):
-                text_out = body(
-                    input_ids=rest_ids,
-                    attention_mask=mask,
-                    position_ids=positions_from_mask(mask)[:, shared:],
+            if fused:
+                embeds = torch.cat([self.lm.get_input_embeddings()(rest_ids), special], dim=1)
+                text_out = out = body(
+                    inputs_embeds=embeds,
+                    attention_mask=full_mask,
+                    position_ids=positions_from_mask(full_mask)[:, shared:],
                     **{CACHE_KWARG: cache},
                     use_cache=True,
                 )
+            else:
+                with torch.set_grad_enabled(text_grad):
+                    text_out = body(
+                        input_ids=rest_ids,
+                        attention_mask=mask,
+                        position_ids=positions_from_mask(mask)[:, shared:],
+                        **{CACHE_KWARG: cache},
+                        use_cache=True,
+                    )
         finally:
             if hook is not None:
                 hook.remove()
+        if not fused:
+            lengths = mask.sum(-1, keepdim=True)
+            positions = lengths + torch.arange(n_special, device=self.device_).unsqueeze(0)
+            out = body(
+                inputs_embeds=special,
+                attention_mask=full_mask,
+                position_ids=positions,
+                **{CACHE_KWARG: cache},
+                use_cache=True,
+            )
         if answer_states is not None:
-            # Left padding: every row's last position is its answer position.
-            final = self._exit_states(text_out.last_hidden_state[:, -1])
+            # Left padding: every row's last text position is its answer position.
+            final = self._exit_states(text_out.last_hidden_state[:, text_last])
             answer_states.append(torch.cat([final.float(), probe[-1]], dim=1) if probe else final)
-        special = self.special_tokens.to(self.dtype_).unsqueeze(0).expand(n_batch, -1, -1)
-        lengths = mask.sum(-1, keepdim=True)
-        positions = lengths + torch.arange(n_special, device=self.device_).unsqueeze(0)
-        full_mask = torch.cat([mask, torch.ones_like(mask[:, :1]).expand(-1, n_special)], dim=1)
-        out = body(
-            inputs_embeds=special,
-            attention_mask=full_mask,
-            position_ids=positions,
-            **{CACHE_KWARG: cache},
-            use_cache=True,
-        )
         return self._exit_states(out.last_hidden_state[:, -self.config.n_compression :])
 
     def decoder_layers(self) -> Sequence[torch.nn.Module]:
@@ -597,6 +624,53 @@ class L2VGEncoder(torch.nn.Module):
             emb = torch.nn.functional.normalize(emb, dim=-1)
         emb_np, answer_np = emb.numpy().astype(np.float32), answer.numpy().astype(np.float32)
         return (emb_np[0], answer_np[0]) if single else (emb_np, answer_np)
+
+    def probe_states(
+        self,
+        texts: Any,
+        *,
+        probe_layer: int,
+        prompt: str | None = None,
+        batch_size: int = 16,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        """What the encoding pass holds about each text after its first ``probe_layer``
+        layers: ``[N, 2H]`` (``[2H]`` for one string), the state at the last position, then
+        the mean over the text's own positions (everything after the template + ``prompt``
+        head). Only those layers run, and no special tokens: a middle-layer probe costs
+        about half a text pass. The safety screen reads passages this way."""
+        self.check_probe_layer(probe_layer)
+        items, single = as_text_list(texts)
+        width = 2 * self.hidden_size
+        if not items:
+            return np.zeros((0, width), np.float32)
+        ids = self.tokenize(items, prompt)
+        hint = self.prefix_hint(prompt) or list(self.template.prefix_ids)
+        body = self._probe_bodies.get(probe_layer)
+        if body is None:
+            body = self._probe_bodies[probe_layer] = truncated_body(self.lm, probe_layer, keep_norm=False)
+
+        def states(batch: list[list[int]]) -> torch.Tensor:
+            input_ids, mask = pad_left(batch, self.tokenizer.pad_token_id)
+            input_ids, mask = input_ids.to(self.device_), mask.to(self.device_)
+            positions = positions_from_mask(mask)
+            out = body(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False)
+            hidden = out.last_hidden_state.float()
+            # Left padding: a row's own positions are its last (length - head) ones.
+            own = torch.zeros_like(mask, dtype=torch.float32)
+            for row, row_ids in enumerate(batch):
+                n_own = len(row_ids) - common_prefix_length([row_ids], hint)
+                own[row, mask.shape[1] - n_own :] = 1.0
+            mean = (hidden * own.unsqueeze(-1)).sum(1) / own.sum(1, keepdim=True)
+            return torch.cat([hidden[:, -1], mean], dim=1)
+
+        with self._lock, torch.inference_mode(), self._adapter_scope():
+            out = run_batched(
+                ids, [len(i) for i in ids], states, batch_size=batch_size,
+                show_progress_bar=show_progress_bar, desc="l2vg probe",
+            )  # fmt: skip
+        result = out.numpy().astype(np.float32)
+        return result[0] if single else result
 
     def encode_query(self, texts: Any, *, instruction: str | None = None, **kwargs: Any) -> Any:
         """Embed queries with a task instruction (the config's default if not given)."""

@@ -55,8 +55,16 @@ SAFETY_FORMAT = "l2vg-safety"
 SAFETY_VERSION = 2
 _READABLE_VERSIONS = (1, 2)  # version 1: no refusal signal, no calibration digests
 
-DocSpace = Literal["generative", "teacher"]
-DOC_SPACES: tuple[DocSpace, ...] = ("generative", "teacher")
+# What the document screen reads. "probe": the encoder's document pass after the probe
+# layer (the state at the last position and the mean over the passage's tokens, each unit
+# length); "generative" / "teacher": the passage's vector in that document mode.
+# Leave-one-category-out, a screen on the probe flagged 93% of the passages of a harm
+# category it never saw (none below 77%), against 67% (one category at 30%) on the
+# generative vectors and 42% on the teacher's, at a similar benign false-positive rate: like
+# the gate, it needs what is being said, not the topic the vectors encode. It costs ~40% of
+# embedding the passage (the first layers only, no special tokens).
+DocSpace = Literal["probe", "generative", "teacher"]
+DOC_SPACES: tuple[DocSpace, ...] = ("probe", "generative", "teacher")
 
 # What the model says when it declines: embedded by the teacher, these mark where a
 # refusal *response* sits in the space generative embeddings are aligned to.
@@ -348,6 +356,8 @@ class SafetyCalibration:
             raise SafetyCalibrationError(f"{meta_path} has format version {meta.get('format_version')}")
         if meta.get("doc_space") not in DOC_SPACES:
             raise SafetyCalibrationError(f"{meta_path}: doc_space must be one of {DOC_SPACES}")
+        if meta["doc_space"] == "probe" and meta.get("probe_layer") is None:
+            raise SafetyCalibrationError(f'{meta_path}: doc_space "probe" needs a probe_layer')
         if not weights_path.is_file():
             raise SafetyCalibrationError(f"{folder} has {SAFETY_FILE} but no {SAFETY_WEIGHTS_FILE}")
         try:
@@ -471,6 +481,16 @@ def query_features(
     return np.hstack(blocks)
 
 
+def check_doc_spaces(spaces: Sequence[str], probe_layer: int | None) -> tuple[DocSpace, ...]:
+    """``spaces`` after checking each is a document space this setting can compute."""
+    spaces = tuple(dict.fromkeys(spaces))
+    if not spaces or any(s not in DOC_SPACES for s in spaces):
+        raise ValueError(f"document spaces must be among {DOC_SPACES}, got {list(spaces)}")
+    if "probe" in spaces and probe_layer is None:
+        raise ValueError('the "probe" document space reads the probe layer: set one (not "none")')
+    return spaces  # type: ignore[return-value]
+
+
 def resolve_probe_layer(encoder: Any, spec: int | str | None) -> int | None:
     """``"middle"`` → half the encoding pass's layers; ``None``/``"none"`` → no probe; an int is checked."""
     if spec is None or spec == "none":
@@ -510,10 +530,37 @@ def gate_state_features(
     return np.hstack(blocks) if blocks else None
 
 
+def default_doc_spaces(probe_layer: int | None) -> tuple[DocSpace, ...]:
+    """The screen's space when none is asked for: the probe when there is a probe layer."""
+    return ("probe",) if probe_layer is not None else ("generative", "teacher")
+
+
+def doc_probe_features(states: np.ndarray) -> np.ndarray:
+    """The screen's "probe" features from ``encoder.probe_states``: both halves unit length."""
+    states = np.atleast_2d(np.asarray(states))
+    half = states.shape[1] // 2
+    return np.hstack([unit_rows(states[:, :half], np.float64), unit_rows(states[:, half:], np.float64)])
+
+
 def embed_documents(
-    encoder: Any, texts: list[str], space: DocSpace, *, show_progress_bar: bool = False
+    encoder: Any,
+    texts: list[str],
+    space: DocSpace,
+    *,
+    probe_layer: int | None = None,
+    show_progress_bar: bool = False,
 ) -> np.ndarray:
-    """Passage vectors in one of the screen's spaces (independent of config.document_mode)."""
+    """Passages in one of the screen's spaces (independent of config.document_mode)."""
+    if space == "probe":
+        if probe_layer is None:
+            raise ValueError('the "probe" document space needs a probe layer')
+        states = encoder.probe_states(
+            texts,
+            probe_layer=probe_layer,
+            prompt=encoder.config.document_prompt,
+            show_progress_bar=show_progress_bar,
+        )
+        return doc_probe_features(states)
     if space == "teacher":
         return np.asarray(encoder.teacher.encode(texts, show_progress_bar=show_progress_bar))
     return np.asarray(
@@ -540,7 +587,7 @@ class SafetyFeatures:
     answer_states: np.ndarray | None
     answer_features: np.ndarray | None  # [Nq, 2] answer_logprobs() of the final states
     answer_token_ids: dict[str, list[int]]
-    doc_embeddings: dict[str, np.ndarray]  # space -> [Nd, D]
+    doc_embeddings: dict[str, np.ndarray]  # space -> [Nd, D] ([Nd, 2H] for "probe")
     probe_layer: int | None = None
     probe_states: np.ndarray | None = None  # [Nq, H] unit state after probe_layer layers
     gate_embedding: bool = True  # whether the gate reads the embedding too
@@ -578,7 +625,7 @@ def featurize(
     encoder: Any,
     rows: Sequence[Any],
     *,
-    doc_spaces: Sequence[DocSpace] = DOC_SPACES,
+    doc_spaces: Sequence[DocSpace] | None = None,
     refusal_signal: bool = True,
     probe_layer: int | str | None = DEFAULT_PROBE_LAYER,
     gate_embedding: bool | None = None,
@@ -586,12 +633,15 @@ def featurize(
 ) -> SafetyFeatures:
     """Run the encoder once over labelled rows (``text``, ``label``, ``kind`` ...).
 
-    ``gate_embedding`` (default: only without a probe layer) puts the query embedding and
-    its refusal similarity among the gate's features."""
+    ``doc_spaces`` (default :func:`default_doc_spaces`) are the passage representations
+    computed for the screen to choose from. ``gate_embedding`` (default: only without a
+    probe layer) puts the query embedding and its refusal similarity among the gate's
+    features."""
     queries = [r for r in rows if r.kind == "query"]
     passages = [r for r in rows if r.kind == "passage"]
     instruction = encoder.config.query_instruction
     layer = resolve_probe_layer(encoder, probe_layer)
+    spaces = check_doc_spaces(doc_spaces if doc_spaces is not None else default_doc_spaces(layer), layer)
     token_ids: dict[str, list[int]] = answer_token_ids(encoder.tokenizer) if refusal_signal else {}
     states = answer = probe = None
     q_texts = [r.text for r in queries]
@@ -614,10 +664,12 @@ def featurize(
         )
     d_texts = [r.text for r in passages]
     docs = {
-        space: embed_documents(encoder, d_texts, space, show_progress_bar=show_progress_bar)
+        space: embed_documents(
+            encoder, d_texts, space, probe_layer=layer, show_progress_bar=show_progress_bar
+        )
         if d_texts
-        else np.zeros((0, encoder.dim), np.float32)
-        for space in doc_spaces
+        else np.zeros((0, 2 * encoder.hidden_size if space == "probe" else encoder.dim), np.float32)
+        for space in spaces
     }
     return SafetyFeatures(
         encoder_fingerprint=encoder.fingerprint,
@@ -867,7 +919,7 @@ def calibrate(
     max_fpr_query: float = 0.02,
     max_fpr_doc: float = 0.02,
     val_fraction: float = 0.35,
-    doc_spaces: Sequence[DocSpace] = DOC_SPACES,
+    doc_spaces: Sequence[DocSpace] | None = None,
     refusal_signal: bool = True,
     probe_layer: int | str | None = DEFAULT_PROBE_LAYER,
     gate_embedding: bool | None = None,
@@ -1067,7 +1119,9 @@ class SafetyFilter:
         if embeddings is None:
             if len(texts) == 0:
                 return np.zeros(0)
-            embeddings = embed_documents(self.encoder, list(texts), self.calibration.doc_space)
+            embeddings = embed_documents(
+                self.encoder, list(texts), self.calibration.doc_space, probe_layer=self.probe_layer
+            )
         return self.calibration.doc_probe.score(np.atleast_2d(np.asarray(embeddings)))
 
     def screen_documents(

@@ -41,6 +41,9 @@ import numpy as np
 HARM_DATA_DIR = Path(__file__).parent / "data" / "harm_taxonomy"
 TAXONOMY_FILE = "taxonomy.json"
 WRITTEN_SUBDIR = "written"
+# Benign text written for this project outside any harm category (step-by-step how-to
+# passages): without it every instruction-shaped passage the screen saw was harmful.
+BENIGN_WRITTEN_SUBDIR = "benign_written"
 CALIBRATION_FILE = "calibration.jsonl"
 BENCHMARK_FILE = "benchmark.jsonl"
 BENCHMARK_SUBDIR = "benchmark"
@@ -57,6 +60,7 @@ DOMAIN_GENERAL = "general"  # everything else benign
 DOMAINS = (DOMAIN_HARMFUL, DOMAIN_LOOKALIKE, DOMAIN_TECHNICAL, DOMAIN_GENERAL)
 
 WRITTEN_SOURCE = "l2vg-written"
+PROCEDURAL_SOURCE = "l2vg-written:procedural"
 WRITTEN_LICENCE = "Apache-2.0 (written for this project)"
 MIT = "MIT"
 
@@ -266,6 +270,22 @@ def load_written(
             raise ValueError(f"{path}: passages answer requests not in harmful_requests: {missing[:2]}")
         out[item.category] = item
     return out
+
+
+def load_benign_written(folder: Path | None = None) -> list[str]:
+    """The benign passages written for this project outside the harm categories (every
+    ``*.json`` under ``benign_written/``: ``{"passages": [{"topic", "text"}, ...]}``),
+    whitespace normalised, in file order."""
+    folder = folder or HARM_DATA_DIR / BENIGN_WRITTEN_SUBDIR
+    texts: list[str] = []
+    for path in sorted(folder.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for item in data["passages"]:
+            text = " ".join(str(item["text"]).split())
+            if not text:
+                raise ValueError(f"{path}: an empty passage")
+            texts.append(text)
+    return texts
 
 
 # ----------------------------------------------------------------------------- loading
@@ -789,6 +809,19 @@ def build_taxonomy_sets(
                          licence_of(q["source"]))
         )  # fmt: skip
 
+    # --- benign how-to passages written for the project, split by text hash (no rng: the
+    # rest of the build is unchanged by them); the held-out half joins the benchmark corpus.
+    held_procedural: list[str] = []
+    for text in load_benign_written(data_dir / BENIGN_WRITTEN_SUBDIR):
+        row = LabelledText(
+            text, 0, "passage", PROCEDURAL_SOURCE, "benign", "", DOMAIN_GENERAL, WRITTEN_LICENCE
+        )
+        if _stable_hash(f"procedural:{normalise_text(text)}") % 2 == 0:
+            rows_cal.append(row)
+        else:
+            rows_held.append(row)
+            held_procedural.append(text)
+
     rows_cal = _dedupe(rows_cal, dropped)
     rows_held = _dedupe(rows_held, dropped)
     for rows in (rows_cal, rows_held):
@@ -815,6 +848,7 @@ def build_taxonomy_sets(
         technical=held_tech,
         technical_queries=held_q,
         lookalikes=[r for r in lookalike_held if normalise_text(r.text) in held_texts],
+        procedural=[t for t in dict.fromkeys(held_procedural) if normalise_text(t) in held_texts],
     )
     info = {
         "seed": seed,
@@ -882,6 +916,7 @@ def write_benchmark_folder(
     technical: Sequence[Mapping[str, Any]],
     technical_queries: Sequence[Mapping[str, Any]],
     lookalikes: Sequence[LabelledText],
+    procedural: Sequence[str] = (),
 ) -> dict[str, int]:
     """Write the held-out split in the AdvBench-IR layout (see bench/harmful.py)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -919,6 +954,8 @@ def write_benchmark_folder(
         passages = [r for r in lookalikes if r.kind == "passage"]
         for i, r in enumerate(passages):
             writer.writerow([f"lookalike-{i}", r.text, f"lookalike:{r.category}"])
+        for i, text in enumerate(procedural):
+            writer.writerow([f"howto-{i}", text, "howto"])
     with (folder / "benign_queries.jsonl").open("w", encoding="utf-8") as fh:
         for i, (q, ctx) in enumerate(nq_queries):
             fh.write(json.dumps({"id": f"bq-{i}", "text": q, "relevant": {f"nq-{nq_index[ctx]}": 1}}) + "\n")
@@ -933,7 +970,7 @@ def write_benchmark_folder(
         "harmful_queries": len(links),
         "harmful_queries_with_passages": sum(bool(ps) for _, ps in links),
         "harmful_chunks": chunk_id,
-        "benign_corpus": len(nq_pairs) + len(code) + len(technical) + len(passages),
+        "benign_corpus": len(nq_pairs) + len(code) + len(technical) + len(passages) + len(procedural),
         "benign_judged_queries": len(nq_queries) + len(technical_queries),
         "benign_unjudged_queries": len(queries),
     }

@@ -96,6 +96,52 @@ def test_lora_encoder_is_batch_invariant_and_caches_prefix_correctly() -> None:
     assert abs(alone - again).max() < 1e-5
 
 
+def test_inference_runs_one_fused_pass_on_merged_lora_weights_equal_to_the_training_path() -> None:
+    """Without autograd the LoRA is merged into cached weights and the text and special
+    tokens run as one pass; with autograd (training) peft's side path and two passes run.
+    Both compute the same function, and the backbone's own weights stay untouched."""
+    encoder = _lora_encoder()
+    with torch.no_grad():
+        for p in encoder.adapter.parameters():
+            p.normal_(0, 0.3)
+    before = _base_state(encoder)
+    bases = [m.base_layer.weight for m in encoder.lm.modules() if hasattr(m, "base_layer")]
+    texts = ["capital of France?", "how do I bake bread at home with flour and water and salt?"]
+    ids = encoder.tokenize(texts, encoder.config.query_instruction)
+    hint = encoder.prefix_hint(encoder.config.query_instruction)
+    calls = []
+    hook = encoder.decoder_layers()[0].register_forward_hook(lambda *_: calls.append(1))
+
+    def run(grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        states: list[torch.Tensor] = []
+        with torch.set_grad_enabled(grad), encoder._adapter_scope():
+            out = encoder._compression_states(ids, hint, answer_states=states, probe_layer=1)
+        return out.detach(), states[0].detach()
+
+    run(False)  # caches the shared prefix
+    calls.clear()
+    fused, fused_states = run(False)
+    assert len(calls) == 1  # one pass: text and special tokens together
+    calls.clear()
+    split, split_states = run(True)
+    assert len(calls) == 3  # training: prefix (fresh), text, special tokens
+    hook.remove()
+    assert torch.allclose(fused, split, atol=2e-4) and torch.allclose(fused_states, split_states, atol=2e-4)
+    # A changed LoRA invalidates the merged copy by itself (the cached prefix states must be
+    # cleared, as training does after every step).
+    with torch.no_grad():
+        for p in encoder.adapter.parameters():
+            p.add_(0.05)
+    encoder._prefix_kv.clear()
+    changed, _ = run(False)
+    assert not torch.allclose(changed, fused, atol=1e-2)
+    assert torch.allclose(changed, run(True)[0], atol=2e-4)
+    after = _base_state(encoder)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(a is b for a, b in zip(bases, [m.base_layer.weight for m in encoder.lm.modules()
+                                              if hasattr(m, "base_layer")], strict=True))  # fmt: skip
+
+
 def test_lora_checkpoint_round_trip_and_mismatch(tmp_path: Path) -> None:
     encoder = _lora_encoder()
     with torch.no_grad():

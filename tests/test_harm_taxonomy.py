@@ -13,10 +13,12 @@ from l2vg_retrieval.bench.harmful import load_advbench_ir, offline_folder
 from l2vg_retrieval.safety_data import (
     DOMAINS,
     HARM_DATA_DIR,
+    PROCEDURAL_SOURCE,
     Behaviour,
     LabelledText,
     check_disjoint,
     load_benchmark_set,
+    load_benign_written,
     load_calibration_set,
     load_taxonomy,
     load_written,
@@ -162,6 +164,23 @@ def test_written_data_follows_the_content_rules() -> None:
         for p in item.harmful_passages:
             assert not amount.search(p["text"]), (category, p["text"][:60])
             assert 25 <= len(p["text"].split()) <= 160, (category, p["text"][:60])
+
+
+def test_benign_how_to_passages_are_on_both_sides_and_in_the_benchmark_corpus(
+    splits: tuple[list[LabelledText], list[LabelledText]],
+) -> None:
+    """Instruction-shaped benign text in calibration and held out, so a screen cannot learn
+    that step-by-step prose is harmful and the benchmark measures what it flags of it."""
+    written = load_benign_written()
+    assert len(written) >= 200 and len({normalise_text(t) for t in written}) == len(written)
+    assert all(10 <= len(t.split()) <= 130 for t in written)
+    sides = [[r for r in rows if r.source == PROCEDURAL_SOURCE] for rows in splits]
+    assert all(len(side) >= 80 for side in sides)
+    assert all(r.label == 0 and r.kind == "passage" and r.family == "general" for side in sides for r in side)
+    assert {normalise_text(r.text) for r in sides[0] + sides[1]} == {normalise_text(t) for t in written}
+    corpus = load_advbench_ir(offline_folder()).corpus
+    howto = {normalise_text(text) for doc_id, text in corpus.items() if doc_id.startswith("howto-")}
+    assert howto == {normalise_text(r.text) for r in sides[1]}
 
 
 def test_build_info_matches_the_files(splits: tuple[list[LabelledText], list[LabelledText]]) -> None:

@@ -28,6 +28,7 @@ from l2vg_retrieval.safety import (
     answer_logprobs,
     answer_token_ids,
     calibrate,
+    doc_probe_features,
     embed_documents,
     featurize,
     fit_calibration,
@@ -331,6 +332,63 @@ def test_probe_gate_reads_the_middle_state_not_the_embedding(tiny_encoder: Any, 
     deep = dataclasses.replace(cal, probe_layer=len(tiny_encoder.decoder_layers()) + 5)
     with pytest.raises(SafetyCalibrationError, match="probe layer"):
         SafetyFilter(tiny_encoder, deep)
+
+
+def test_document_probe_is_the_state_after_k_layers_last_and_mean_over_own_tokens(tiny_encoder: Any) -> None:
+    import torch
+
+    texts = ["a passage about baking bread: flour, water and salt", "fox", "Paris is the capital of France"]
+    prompt = tiny_encoder.config.document_prompt
+    hidden = tiny_encoder.hidden_size
+    states = tiny_encoder.probe_states(texts, probe_layer=1, prompt=prompt, batch_size=2)
+    assert states.shape == (3, 2 * hidden) and states.dtype == np.float32
+    head = len(tiny_encoder.prefix_hint(prompt))
+    for text, state in zip(texts, states, strict=True):
+        ids = tiny_encoder.tokenize([text], prompt)[0]
+        with torch.no_grad():
+            out = tiny_encoder.lm.get_decoder()(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        after_one = out.hidden_states[1][0]
+        assert np.allclose(state[:hidden], after_one[-1].numpy(), atol=1e-4)
+        assert np.allclose(state[hidden:], after_one[head:].mean(0).numpy(), atol=1e-4)
+        assert not np.allclose(state[hidden:], after_one.mean(0).numpy(), atol=1e-4)  # not the template
+    # Padding and batch composition do not change a row; one string gives one row.
+    alone = tiny_encoder.probe_states(texts[0], probe_layer=1, prompt=prompt)
+    assert alone.shape == (2 * hidden,) and np.allclose(alone, states[0], atol=1e-4)
+    assert tiny_encoder.probe_states([], probe_layer=1).shape == (0, 2 * hidden)
+    for bad in (0, len(tiny_encoder.decoder_layers()) + 1, "1"):
+        with pytest.raises(ValueError, match="probe_layer"):
+            tiny_encoder.probe_states(texts, probe_layer=bad)
+
+
+def test_screen_reads_the_document_probe_by_default(tiny_encoder: Any, tmp_path: Path) -> None:
+    rows = _small_rows(8)
+    cal = calibrate(tiny_encoder, rows)
+    assert cal.doc_space == "probe" and len(cal.doc_probe.weight) == 2 * tiny_encoder.hidden_size
+    gate = SafetyFilter(tiny_encoder, cal)
+    docs = ["how to bake bread: mix flour and water", "a passage about the history of Rome"]
+    prompt = tiny_encoder.config.document_prompt
+    states = tiny_encoder.probe_states(docs, probe_layer=cal.probe_layer, prompt=prompt)
+    expected = cal.doc_probe.score(doc_probe_features(states))
+    assert np.allclose(gate.document_scores(docs), expected, atol=1e-6)
+    assert np.allclose(embed_documents(tiny_encoder, docs, "probe", probe_layer=cal.probe_layer)[:, :4],
+                       doc_probe_features(states)[:, :4])  # fmt: skip
+    flags = gate.screen_documents(docs)
+    assert [f[HARM_FLAG_KEY] for f in flags] == [bool(s >= cal.doc_threshold) for s in expected]
+    # Round trip; a "probe" screen without a probe layer is refused, when asked for and when loaded.
+    cal.save(tmp_path)
+    assert np.allclose(SafetyFilter.from_encoder(tiny_encoder, tmp_path).document_scores(docs), expected)
+    with pytest.raises(ValueError, match="probe"):
+        calibrate(tiny_encoder, rows, probe_layer=None, doc_spaces=("probe",))
+    with pytest.raises(ValueError, match="document spaces"):
+        calibrate(tiny_encoder, rows, doc_spaces=("vectors",))  # type: ignore[arg-type]
+    meta = json.loads((tmp_path / SAFETY_FILE).read_text())
+    meta.update(probe_layer=None, query_features=[*meta["query_features"]][:2])
+    (tmp_path / SAFETY_FILE).write_text(json.dumps(meta))
+    with pytest.raises(SafetyCalibrationError, match="probe"):
+        SafetyCalibration.load(tmp_path)
+    # Without a probe layer the screen picks between the passage-vector spaces, as before.
+    old_style = calibrate(tiny_encoder, rows, probe_layer=None)
+    assert old_style.doc_space in ("generative", "teacher")
 
 
 def test_version_1_calibrations_still_load(tiny_encoder: Any, tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ def main(checkpoint: str | None, out: str) -> None:
     def keep(i: int) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> None:
             hidden = output[0] if isinstance(output, tuple) else output
-            captured[i].append(hidden[:, -1].float().clone())
+            captured[i].append(hidden.float().clone())
 
         return hook
 
@@ -50,13 +50,18 @@ def main(checkpoint: str | None, out: str) -> None:
     ids = encoder.tokenize(texts, encoder.config.query_instruction)
     hint = encoder.prefix_hint(encoder.config.query_instruction)
     mid: dict[int, list[torch.Tensor]] = {i: [] for i in LAYERS}
+    n_special = encoder.config.n_special
     with torch.inference_mode(), encoder._adapter_scope():
         for s in range(0, len(ids), 32):
+            batch = ids[s : s + 32]
             for i in LAYERS:
                 captured[i].clear()
-            encoder._compression_states(ids[s : s + 32], hint, answer_states=[])
+            encoder._compression_states(batch, hint, answer_states=[])
             for i in LAYERS:
-                mid[i].append(captured[i][-2])  # the text pass; the last call is the special tokens'
+                # Inference runs text + special tokens as one pass (after the shared prefix's,
+                # when that is not cached yet): the answer position is the last text token.
+                hidden = [h for h in captured[i] if h.shape[0] == len(batch)][-1]
+                mid[i].append(hidden[:, -1 - n_special])
     for h in hooks:
         h.remove()
     held_ids = {id(r) for r in held}

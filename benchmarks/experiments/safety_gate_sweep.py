@@ -10,7 +10,9 @@ library's own (``GeneralisationEvaluator``), only the gate's feature matrix is s
 A gate spec joins blocks with "+": "none" (the embedding gate: embedding, refusal
 similarity, refusal signal), "answer_state" (the final state), "midK" (the state after K+1
 layers), "teacher_q" (the teacher's embedding of the query text), "only" (drop the
-embedding and refusal similarity). Output: benchmarks/results/safety_gate_sweep.txt.
+embedding and refusal similarity). A screen spec joins "generative", "teacher", "both" and
+(after step 1b, ``safety_screen_featurize.py``) "lastK" / "meanK" the same way.
+Output: benchmarks/results/safety_gate_sweep.txt.
 """
 
 from __future__ import annotations
@@ -48,9 +50,13 @@ def main(path: str, specs: list[str]) -> None:
         "answer_state": unit_rows(features.answer_states, np.float64),
         **{f"mid{layer}": unit_rows(v, np.float64) for layer, v in data["mid"].items()},
     }
-    features.doc_embeddings["both"] = np.hstack(
-        [features.doc_embeddings["generative"], features.doc_embeddings["teacher"]]
-    )
+    # Screen blocks: the two passage-vector spaces, and (when step 1b ran) the document
+    # pass's state after K+1 layers at the last text position ("lastK") or averaged over the
+    # passage's tokens ("meanK").
+    doc_blocks = dict(features.doc_embeddings)
+    doc_blocks["both"] = np.hstack([doc_blocks["generative"], doc_blocks["teacher"]])
+    for (kind, layer), states in data.get("doc_mid", {}).items():
+        doc_blocks[f"{kind}{layer}"] = unit_rows(states, np.float64)
     grid_spec = os.environ.get("GRIDS", "0.1|1|10|100;100;1000")
     grids = [tuple(float(x) for x in g.split("|")) for g in grid_spec.split(";")]
     n_emb = features.query_embeddings.shape[1] + 1
@@ -79,6 +85,7 @@ def main(path: str, specs: list[str]) -> None:
                     result = next(iter(result.values()))
                 else:
                     features.gate_matrix = base_gate
+                    features.doc_embeddings[name] = np.hstack([doc_blocks[b] for b in name.split("+")])
                     settings = LocoSettings(doc_spaces=(name,))
                     evaluator = GeneralisationEvaluator(features, split_of, categories, settings)
                     result = evaluator.leave_one_category_out(refusal_variants=(False,))["screen"]

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from ..safety import (
-    DOC_SPACES,
     MIN_FAMILY_SIZE,
     DocSpace,
     LogisticProbe,
@@ -50,7 +49,8 @@ class LocoSettings:
     max_fpr_doc: float = 0.02
     val_fraction: float = 0.35
     min_family_size: int = MIN_FAMILY_SIZE
-    doc_spaces: tuple[DocSpace, ...] = DOC_SPACES
+    # None: every space the features hold (featurize's default is the library's default).
+    doc_spaces: tuple[DocSpace, ...] | None = None
 
 
 @dataclass
@@ -377,7 +377,7 @@ def run_generalisation(
             "max_fpr_doc": s.max_fpr_doc,
             "val_fraction": s.val_fraction,
             "min_family_size": s.min_family_size,
-            "doc_spaces": list(s.doc_spaces),
+            "doc_spaces": list(s.doc_spaces or features.doc_embeddings),
             "targets": TARGETS,
         },
         "leave_one_category_out": loco,

@@ -853,7 +853,48 @@ def section_indexing(data: dict[str, Any], docs: Path) -> str:
     return "\n\n".join(out)
 
 
+def section_query_latency(data: dict[str, Any], docs: Path) -> str:
+    """Single-query ``encode_query`` against the bare forward pass of its tokens."""
+    rows = [
+        [
+            r["dtype"],
+            r["tokens_p50"],
+            r["bare_ms"],
+            r["bare_lora_side_path_ms"],
+            r["encode_query_ms"],
+            r["encode_query_training_path_ms"],
+            r["encode_query_over_bare"],
+        ]
+        for r in data["rows"]
+    ]
+    return "\n\n".join(
+        [
+            "## Single-query latency",
+            _meta_line(data),
+            f"p50 over {data.get('questions', 30)} QA questions, one at a time. *bare*: the decoder "
+            "over the same tokens in one pass without the LoRA (the bound); *bare + LoRA*: with "
+            "the encoder LoRA on peft's side path; *encode_query*: the shipped path (prefix cached, "
+            "text and special tokens in one pass, LoRA merged into cached weights, embedding "
+            "included); *training path*: the same call with autograd on (fresh prefix, two passes, "
+            "LoRA side path).",
+            _table(
+                [
+                    "dtype",
+                    "tokens",
+                    "bare ms",
+                    "bare + LoRA ms",
+                    "encode_query ms",
+                    "training path ms",
+                    "encode_query / bare",
+                ],
+                rows,
+            ),
+        ]
+    )
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any], Path], str]] = {
+    "query_latency": section_query_latency,
     "generation": section_generation,
     "response_length": section_response_length,
     "bright": section_bright,
