@@ -137,8 +137,9 @@ def rotate(
     refuse it: re-index and re-calibrate."""
     import numpy as np
 
+    from .bench.lineup import parse_dims
     from .encoder import CheckpointError, read_checkpoint_meta
-    from .rotation import apply_rotation, energy_by_prefix, prefix_sizes, read_texts, variance_rotation
+    from .rotation import apply_rotation, energy_by_prefix, read_texts, variance_rotation
     from .safety import SAFETY_FILE
 
     if (texts is None) == (targets is None):
@@ -146,7 +147,7 @@ def rotate(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         fail(f"{out} already exists and is not an empty folder; choose a new one")
     try:
-        sizes = [int(d) for d in dims.split(",") if d.strip()]
+        sizes = parse_dims(dims)  # the benchmarks' own --dims parser
     except ValueError:
         fail(f"--dims must be comma-separated integers, got {dims!r}")
     # Everything that can be refused from the files alone is, before the models load.
@@ -190,7 +191,7 @@ def rotate(
         apply_rotation(encoder, rotation)
     except ValueError as exc:
         fail(str(exc))
-    reported = prefix_sizes(sizes, dim)
+    reported = [m for m in sizes if m <= dim]  # sizes beyond the space are not reported
     before = energy_by_prefix(vectors, None, reported)
     after = energy_by_prefix(vectors, rotation, reported)
     energy = {str(m): {"unrotated": round(before[m], 4), "rotated": round(after[m], 4)} for m in reported}

@@ -749,12 +749,9 @@ class QdrantIndexer:
         (the backbone's refusal signal, a middle layer's state), those features from the
         same pass."""
         if safe and getattr(self.safety, "needs_answer_states", False):
-            prompt = instruction or self.encoder.config.query_instruction
-            emb, states = self.encoder.encode_with_answer_states(
-                queries, prompt=prompt, show_progress_bar=False,
-                probe_layer=self.safety.probe_layer,  # type: ignore[union-attr]
-            )  # fmt: skip
-            return np.asarray(emb, dtype=np.float32), self.safety.answer_features(states)  # type: ignore[union-attr]
+            # The filter knows which states its gate reads (signal, probe layer) and how.
+            emb, features = self.safety.encode_queries(queries, instruction)  # type: ignore[union-attr]
+            return np.asarray(emb, dtype=np.float32), features
         emb = self.encoder.encode_query(queries, instruction=instruction, show_progress_bar=False)
         return np.atleast_2d(np.asarray(emb, dtype=np.float32)), None
 

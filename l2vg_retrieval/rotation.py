@@ -15,7 +15,7 @@ teacher documents all stay in the head's space.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -199,8 +199,3 @@ def read_texts(path: Any) -> list[str]:
     else:
         texts = file.read_text(encoding="utf-8").splitlines()
     return [t for t in texts if t.strip()]
-
-
-def prefix_sizes(dims: Sequence[int], full: int) -> list[int]:
-    """The requested prefix sizes that fit a ``full``-d space, largest first, no repeats."""
-    return sorted({m for m in dims if 1 <= m <= full}, reverse=True)

@@ -368,6 +368,9 @@ def run_harmful_benchmark(
         if features.answer_states is not None and features.probe_layer == safety.probe_layer:
             state_table = {r.text: v for r, v in zip(features.queries, features.answer_states, strict=True)}
         for space, matrix in features.doc_embeddings.items():
+            # "probe" passage features, likewise, only at the screen's own layer.
+            if space == "probe" and features.probe_layer != safety.probe_layer:
+                continue
             doc_tables[space] = {r.text: v for r, v in zip(features.passages, matrix, strict=True)}
         if loco_plot is not None:
             from .harmful_loco import plot_generalisation
