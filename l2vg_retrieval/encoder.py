@@ -816,6 +816,12 @@ def read_meta_file(
     ``kind`` names the checkpoint in messages ("l2vg", "l2vg LLM2Vec")."""
     path = folder / file_name
     if not folder.is_dir():
+        if folder.resolve() == DEFAULT_CHECKPOINT.resolve():
+            raise CheckpointError(
+                f"the packaged default checkpoint is missing ({folder}): it ships inside the package; "
+                "reinstall it (`make install`, or `pip install -e .` in a clone whose "
+                "l2vg_retrieval/checkpoints/default/ is intact) or pass a checkpoint folder"
+            )
         raise CheckpointError(f"no checkpoint folder at {folder}")
     if not path.is_file():
         raise CheckpointError(f"{folder} is not an {kind} checkpoint: {file_name} is missing")

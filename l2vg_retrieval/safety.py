@@ -58,11 +58,11 @@ _READABLE_VERSIONS = (1, 2)  # version 1: no refusal signal, no calibration dige
 # What the document screen reads. "probe": the encoder's document pass after the probe
 # layer (the state at the last position and the mean over the passage's tokens, each unit
 # length); "generative" / "teacher": the passage's vector in that document mode.
-# Leave-one-category-out, a screen on the probe flagged 88% of the passages of a harm
-# category it never saw (none below 73%), against 67% (one category at 30%) on the
-# generative vectors and 42% on the teacher's (docs/safety.md): like the gate, it needs what
-# is being said, not the topic the vectors encode. It costs ~40% of embedding the passage
-# (the first layers only, no special tokens).
+# Leave-one-category-out, a screen on the probe flagged 86% of the passages of a harm
+# category it never saw, one-line passages included (88% on long ones only), against 67%
+# (one category at 30%, long passages) on the generative vectors and 42% on the teacher's
+# (docs/safety.md): like the gate, it needs what is being said, not the topic the vectors
+# encode. It costs ~40% of embedding the passage (the first layers only, no special tokens).
 DocSpace = Literal["probe", "generative", "teacher"]
 DOC_SPACES: tuple[DocSpace, ...] = ("probe", "generative", "teacher")
 

@@ -32,7 +32,7 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,15 @@ AIRT_FILES = (
     "harassment", "harms", "hate", "illegal", "malware", "misinformation", "scams", "sexual",
     "violence", "airt_imminent_crisis", "leakage",
 )  # fmt: skip
+# Short views of longer passages ("leads": the first sentences, 12-30 words). Without them
+# the screen saw almost no harmful text under 25 words, and a one-line harmful instruction
+# scored below threshold while the long version of it was caught. Harmful leads come only
+# from the passages written for this project as harmful answers (their opening is the harm's
+# framing); HarmBench context chunks start mid-text and may open on neutral background, so
+# they get none. Benign leads come from every look-alike and how-to passage and from one in
+# three other benign prose passages (code excluded), so "short" stays uninformative.
+LEAD_SUFFIX = ":lead"
+LEAD_MIN_WORDS, LEAD_MAX_WORDS, LEAD_SOURCE_MIN_WORDS = 12, 30, 40
 CHUNK_WORDS = 100  # AdvBench-IR chunks passages into ~100-word pieces (as DPR's psgs_w100)
 _STOP_TEXT = """a an the to of and or for in on how with that this is are be by from into your you
 someone something can as it at about write create give develop provide"""
@@ -364,6 +373,41 @@ def chunk_words(text: str, size: int = CHUNK_WORDS) -> list[str]:
     if len(chunks) > 1 and len(chunks[-1]) < size // 4:
         chunks[-2].extend(chunks.pop())
     return [" ".join(c) for c in chunks]
+
+
+def lead_excerpt(text: str) -> str | None:
+    """The passage's opening sentences, at least ``LEAD_MIN_WORDS`` words and at most
+    ``LEAD_MAX_WORDS`` (cut at a word if one sentence runs longer); ``None`` when the passage
+    is too short for its lead to be a different text (under ``LEAD_SOURCE_MIN_WORDS``)."""
+    if len(text.split()) < LEAD_SOURCE_MIN_WORDS:
+        return None
+    words: list[str] = []
+    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+        words.extend(sentence.split())
+        if len(words) >= LEAD_MIN_WORDS:
+            break
+    return " ".join(words[:LEAD_MAX_WORDS])
+
+
+def _wants_lead(row: LabelledText) -> bool:
+    if row.kind != "passage" or row.source.endswith(LEAD_SUFFIX):
+        return False
+    if row.label == 1:
+        return row.source == WRITTEN_SOURCE
+    if row.domain == DOMAIN_LOOKALIKE or row.source == PROCEDURAL_SOURCE:
+        return True
+    return row.source != "humaneval" and _stable_hash(f"lead:{normalise_text(row.text)}") % 3 == 0
+
+
+def add_leads(rows: Sequence[LabelledText]) -> list[LabelledText]:
+    """``rows`` followed by the leads of the passages that get one (same label, group,
+    category and split as their passage, source suffixed ``:lead``)."""
+    leads = []
+    for r in rows:
+        lead = lead_excerpt(r.text) if _wants_lead(r) else None
+        if lead:
+            leads.append(replace(r, text=lead, source=r.source + LEAD_SUFFIX))
+    return [*rows, *leads]
 
 
 def group_behaviours(items: Sequence[Behaviour], threshold: float = 0.5) -> list[int]:
@@ -822,8 +866,8 @@ def build_taxonomy_sets(
             rows_held.append(row)
             held_procedural.append(text)
 
-    rows_cal = _dedupe(rows_cal, dropped)
-    rows_held = _dedupe(rows_held, dropped)
+    rows_cal = _dedupe(add_leads(rows_cal), dropped)
+    rows_held = _dedupe(add_leads(rows_held), dropped)
     for rows in (rows_cal, rows_held):
         labels: dict[str, set[int]] = defaultdict(set)
         for r in rows:

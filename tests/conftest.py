@@ -362,13 +362,23 @@ ALLOWED_SKIPS: dict[str, str] = {
 _unexpected_skips: list[str] = []
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if not report.skipped or hasattr(report, "wasxfail"):
-        return
+def _note_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
     longrepr = report.longrepr
     reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
     if not any(allowed in reason for allowed in ALLOWED_SKIPS):
         _unexpected_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # An xfail is a skip too: none is expected, so it must be listed like any other.
+    if report.skipped:
+        _note_skip(report)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    # A module-level pytest.skip or importorskip is reported at collection, not per test.
+    if report.skipped:
+        _note_skip(report)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -379,8 +389,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _unexpected_skips and exitstatus == 0:
-        session.exitstatus = 1
+    # A run whose only module skipped at collection ends "no tests collected": a failure too.
+    if _unexpected_skips and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # The small tagged corpus every Qdrant backend test indexes (test_qdrant, test_qdrant_edge).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +250,15 @@ def test_cached_prefix_passes_match_one_full_forward(tiny_encoder: L2VGEncoder) 
         again = tiny_encoder.compression_states([ids], tiny_encoder.prefix_hint(prompt))
     assert torch.allclose(staged, reference, atol=1e-5)
     assert torch.equal(staged, again)
+
+
+def test_a_missing_default_checkpoint_names_the_install_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import l2vg_retrieval.encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "DEFAULT_CHECKPOINT", tmp_path / "gone")
+    with pytest.raises(CheckpointError, match=r"packaged default checkpoint is missing.*make install"):
+        L2VGEncoder.from_pretrained()
+    with pytest.raises(CheckpointError, match="no checkpoint folder at"):
+        L2VGEncoder.from_pretrained(tmp_path / "elsewhere")

@@ -13,10 +13,14 @@ from l2vg_retrieval.bench.harmful import load_advbench_ir, offline_folder
 from l2vg_retrieval.safety_data import (
     DOMAINS,
     HARM_DATA_DIR,
+    LEAD_SUFFIX,
     PROCEDURAL_SOURCE,
+    WRITTEN_SOURCE,
     Behaviour,
     LabelledText,
+    add_leads,
     check_disjoint,
+    lead_excerpt,
     load_benchmark_set,
     load_benign_written,
     load_calibration_set,
@@ -181,6 +185,49 @@ def test_benign_how_to_passages_are_on_both_sides_and_in_the_benchmark_corpus(
     corpus = load_advbench_ir(offline_folder()).corpus
     howto = {normalise_text(text) for doc_id, text in corpus.items() if doc_id.startswith("howto-")}
     assert howto == {normalise_text(r.text) for r in sides[1]}
+
+
+def test_lead_excerpt_takes_whole_opening_sentences_within_bounds() -> None:
+    text = "Short one. This second sentence brings the lead past twelve words in total. " + "More. " * 40
+    assert lead_excerpt(text) == "Short one. This second sentence brings the lead past twelve words in total."
+    run_on = " ".join(f"w{i}" for i in range(80))
+    assert lead_excerpt(run_on) == " ".join(f"w{i}" for i in range(30))
+    assert lead_excerpt("Too short to have a lead of its own. " * 3) is None
+
+
+def test_add_leads_keeps_label_group_and_split_and_skips_code_and_context_chunks() -> None:
+    long = "Opening sentence that frames everything that follows in the passage below. " + "body " * 60
+    rows = [
+        LabelledText(long, 1, "passage", WRITTEN_SOURCE, "g7", "hate", "harmful", "x"),
+        LabelledText(long + "ctx", 1, "passage", "harmbench-context", "g8", "hate", "harmful", "x"),
+        LabelledText(long + "code", 0, "passage", "humaneval", "benign", "", "technical", "x"),
+        LabelledText(long + "look", 0, "passage", WRITTEN_SOURCE, "benign", "hate", "lookalike", "x"),
+        LabelledText("A query " + long, 1, "query", WRITTEN_SOURCE, "g7", "hate", "harmful", "x"),
+    ]
+    out = add_leads(rows)
+    leads = out[len(rows) :]
+    assert out[: len(rows)] == rows
+    assert [(r.label, r.group, r.category, r.domain) for r in leads] == [
+        (1, "g7", "hate", "harmful"), (0, "benign", "hate", "lookalike")
+    ]  # fmt: skip
+    assert all(r.source.endswith(LEAD_SUFFIX) and len(r.text.split()) <= 30 for r in leads)
+    assert add_leads(leads) == leads  # a lead never gets a lead of its own
+
+
+def test_both_splits_hold_short_harmful_and_short_benign_passages(
+    splits: tuple[list[LabelledText], list[LabelledText]],
+) -> None:
+    """The screen must see (and be measured on) one-line passages of both labels, or it
+    learns that length is the signal."""
+    for rows in splits:
+        short = [r for r in rows if r.kind == "passage" and len(r.text.split()) <= 30]
+        harmful = {r.category for r in short if r.label == 1}
+        assert sum(r.label == 1 for r in short) >= 50 and len(harmful) >= 10
+        assert sum(r.label == 0 and r.family == "lookalike" for r in short) >= 50
+        assert sum(r.label == 0 and r.family != "lookalike" for r in short) >= 100
+        texts = {normalise_text(r.text) for r in rows}
+        for lead in (r for r in rows if r.source.endswith(LEAD_SUFFIX)):
+            assert normalise_text(lead.text) in texts
 
 
 def test_build_info_matches_the_files(splits: tuple[list[LabelledText], list[LabelledText]]) -> None:

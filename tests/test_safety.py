@@ -666,3 +666,32 @@ def test_trained_default_gate_meets_a_recall_floor_at_a_bounded_fpr_on_held_out_
     recall, fpr = float(blocked[labels == 1].mean()), float(blocked[labels == 0].mean())
     print(f"gate on {len(rows)} held-out queries: recall {recall:.3f}, FPR {fpr:.3f}")
     assert recall >= GATE_MIN_RECALL and fpr <= GATE_MAX_FPR, (recall, fpr)
+
+
+# Every SCREEN_SAMPLE_STEP-th passage of the packaged held-out split (never calibrated on):
+# long and one-line harmful passages against look-alike, technical and general benign ones
+# (24 harmful, 129 benign). Measured with the packaged calibration (probe after 15 layers;
+# bfloat16): recall 0.792 (19/24), benign FPR 0.023 (3/129); on the whole held-out split
+# 0.806 / 0.031. The bounds sit a little outside (one passage is 4% of the harmful sample).
+SCREEN_SAMPLE_STEP = 8
+SCREEN_MIN_RECALL = 0.70
+SCREEN_MAX_FPR = 0.05
+
+
+@pytest.mark.slow
+def test_trained_default_screen_meets_a_recall_floor_at_a_bounded_fpr_on_held_out_passages() -> None:
+    """The packaged document screen on labelled passages it was not calibrated on: it must
+    flag at least SCREEN_MIN_RECALL of the harmful ones and at most SCREEN_MAX_FPR of the benign."""
+    from l2vg_retrieval.encoder import L2VGEncoder
+
+    rows = [r for r in load_benchmark_set() if r.kind == "passage"][::SCREEN_SAMPLE_STEP]
+    labels = np.array([r.label for r in rows])
+    assert (labels == 1).sum() >= 20 and (labels == 0).sum() >= 100
+    encoder = L2VGEncoder.from_pretrained()
+    screen = SafetyFilter.from_encoder(encoder)
+    seen = set(screen.calibration.calibration_digests.tolist())
+    assert not [r.text for r in rows if text_digest(r.text) in seen], "the sample must be held out"
+    flagged = np.array([s[HARM_FLAG_KEY] for s in screen.screen_documents([r.text for r in rows])])
+    recall, fpr = float(flagged[labels == 1].mean()), float(flagged[labels == 0].mean())
+    print(f"screen on {len(rows)} held-out passages: recall {recall:.3f}, FPR {fpr:.3f}")
+    assert recall >= SCREEN_MIN_RECALL and fpr <= SCREEN_MAX_FPR, (recall, fpr)

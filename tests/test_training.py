@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -100,6 +101,39 @@ def test_resume_gives_the_same_next_step_as_an_uninterrupted_run(tmp_path: Path)
         for line in (tmp_path / "b" / "run" / "loss_log.jsonl").read_text().splitlines()
     ]
     assert steps == sorted(set(steps)) and steps[-1] == 6
+
+
+def test_a_save_killed_before_its_rename_is_not_resumed_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kill inside save_checkpoint leaves ``step-N.tmp`` (finished but not renamed, or half
+    written); resume must take the last renamed checkpoint and say so in the log."""
+    config = _config(tmp_path)
+    config.output_dir.mkdir(parents=True)
+    first = Trainer(build_tiny_encoder(), _examples(build_tiny_encoder()), config)
+    for _ in range(3):
+        first.train_step()
+    first.save_checkpoint()
+    first.train_step()
+
+    def killed(self: Path, target: Path) -> Path:
+        raise KeyboardInterrupt("killed before the rename")
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "rename", killed)
+        with pytest.raises(KeyboardInterrupt):
+            first.save_checkpoint()
+    ckpt = config.output_dir / "checkpoints"
+    assert (ckpt / "step-0000004.tmp" / "trainer_state.json").is_file()
+    (ckpt / "step-0000005.tmp").mkdir()  # a save killed earlier still: no state file yet
+
+    resumed = Trainer(build_tiny_encoder(), _examples(build_tiny_encoder()), config)
+    assert resumed.latest_checkpoint() == ckpt / "step-0000003"
+    with caplog.at_level(logging.INFO, logger="l2vg_retrieval.training.trainer"):
+        result = resumed.run(show_progress_bar=False)
+    assert result.resumed_from_step == 3 and resumed.step == 6
+    assert any("resuming from" in r.message and "at step 3" in r.message for r in caplog.records)
+    assert resumed.latest_checkpoint() == ckpt / "step-0000006"
 
 
 def test_checkpoints_hold_no_pickles(tmp_path: Path) -> None:

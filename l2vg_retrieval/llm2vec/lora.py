@@ -36,6 +36,17 @@ def lora_config(settings: LoraSettings, *, base_model: str | None = None) -> obj
     )
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each layer's activations in the backward pass (non-reentrant). transformers
+    renamed this in 5.x (``gradient_checkpointing_enable`` warns it goes in v6): the new
+    name when the installed version has it, the old one before."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def attach_lora(model: torch.nn.Module, settings: LoraSettings, *, seed: int = 0) -> torch.nn.Module:
     """Inject a fresh adapter into ``model`` (in place) and return peft's wrapper around it.
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .attention import bidirectional_attention, forward_hidden
 from .config import MNTPConfig
 from .loop import StageResult, StageRunner, batch_indices
-from .lora import adapter_parameters, attach_lora, save_adapter
+from .lora import adapter_parameters, attach_lora, enable_activation_checkpointing, save_adapter
 
 IGNORE = -100
 
@@ -144,7 +144,7 @@ def train_mntp(
     """
     model.requires_grad_(False)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     peft_model = attach_lora(model, config.lora, seed=seed)
     mask_id = mask_token_id(tokenizer, config.mask_token)
     special = sorted(set(tokenizer.all_special_ids))

@@ -19,7 +19,7 @@ from .attention import bidirectional_attention, forward_hidden
 from .config import SimCSEConfig
 from .inputs import collate, mean_pool, tokenize_texts
 from .loop import StageResult, StageRunner, batch_indices
-from .lora import adapter_parameters, attach_lora, save_adapter
+from .lora import adapter_parameters, attach_lora, enable_activation_checkpointing, save_adapter
 
 
 def simcse_loss(first: torch.Tensor, second: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
@@ -87,7 +87,7 @@ def train_simcse(
     injection); the adapter is written to ``folder / "adapter"``. Returns (peft model, result)."""
     model.requires_grad_(False)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     # A seed apart from MNTP's: the fresh adapter must not start where the first one did.
     peft_model = attach_lora(model, config.lora, seed=seed + 1)
     items = list(texts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import resource
 import shutil
 import time
@@ -251,8 +252,14 @@ class Trainer:
     def latest_checkpoint(self) -> Path | None:
         if not self.checkpoint_dir.is_dir():
             return None
-        done = sorted(p for p in self.checkpoint_dir.glob("step-*") if (p / STATE_FILE).is_file())
-        return done[-1] if done else None
+        # Only finished folders: a run killed inside save_checkpoint leaves "step-N.tmp"
+        # (complete or not) that must not win over the last renamed one.
+        done = sorted(
+            (int(p.name.removeprefix("step-")), p)
+            for p in self.checkpoint_dir.glob("step-*")
+            if re.fullmatch(r"step-\d+", p.name) and (p / STATE_FILE).is_file()
+        )
+        return done[-1][1] if done else None
 
     def resume(self, folder: Path) -> None:
         from ..encoder import _load_weights
