@@ -153,17 +153,28 @@ def encode_texts(
     )
 
 
-def length_batches(lengths: Sequence[int], batch_size: int, *, window: int | None = None) -> list[list[int]]:
+def length_batches(
+    lengths: Sequence[int], batch_size: int, *, window: int | None = None, max_tokens: int | None = None
+) -> list[list[int]]:
     """Index batches for generation: rows of one exact length together where possible.
 
     An equal-length batch needs no padding and no attention mask, so attention runs on its
     causal fast path. Within each ``window`` of consecutive items, full batches of a single
     length come first, then the leftovers in length order (little padding). Windows keep
     the input order roughly intact, so a run stopped early holds a fair sample of the
-    input rather than only its shortest items.
+    input rather than only its shortest items. ``max_tokens`` caps a batch's padded size
+    (rows x its longest row): without it the longest prompts of a window share one batch
+    of ``batch_size`` rows padded to the longest of them, and that batch alone took 42% of
+    a generation run here.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+
+    def rows_for(length: int) -> int:
+        return batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // max(length, 1)))
+
     window = window or batch_size * 16
     batches: list[list[int]] = []
     for start in range(0, len(lengths), window):
@@ -172,9 +183,16 @@ def length_batches(lengths: Sequence[int], batch_size: int, *, window: int | Non
             groups.setdefault(lengths[i], []).append(i)
         leftovers: list[int] = []
         for length in sorted(groups):
-            members = groups[length]
-            whole = len(members) - len(members) % batch_size
-            batches.extend(members[k : k + batch_size] for k in range(0, whole, batch_size))
+            members, size = groups[length], rows_for(length)
+            whole = len(members) - len(members) % size
+            batches.extend(members[k : k + size] for k in range(0, whole, size))
             leftovers.extend(members[whole:])
-        batches.extend(leftovers[k : k + batch_size] for k in range(0, len(leftovers), batch_size))
+        current: list[int] = []
+        for i in leftovers:  # ascending length: the newest row is the longest
+            if current and len(current) + 1 > rows_for(lengths[i]):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
     return batches

@@ -299,3 +299,23 @@ def test_harmful_section_of_a_dry_run_is_labelled(tmp_path: Path) -> None:
     assert "## Harmful-content retrieval" in section_harmful(
         {"benchmark": "harmful"}, tmp_path
     )  # empty: no crash
+
+
+def test_two_runs_of_one_harness_both_reach_the_report(tmp_path: Path) -> None:
+    """Results are keyed by file: two harmful runs recording the same descriptive benchmark
+    name (the packaged default and the LLM2Vec student) each get their section and plot."""
+    res = tmp_path / "res"
+    res.mkdir()
+    for stem, aloh in (("harmful", 0.03), ("harmful_llm2vec", 0.47)):
+        data = {
+            "benchmark": "harmful-content retrieval (AdvBench-IR style) over the harm taxonomy",
+            "model": {"checkpoint": stem},
+            "systems": {"l2vg-safe": {"aloh@10": aloh, "ndcg@10": 0.5}},
+        }
+        (res / f"{stem}.json").write_text(json.dumps(data))
+    assert set(read_results(res)) == {"harmful", "harmful_llm2vec"}
+    text = write_report(res, tmp_path / "docs").read_text()
+    assert "## Harmful-content retrieval\n" in text
+    assert "## Harmful-content retrieval: `harmful_llm2vec`" in text
+    assert (tmp_path / "docs" / "benchmarks_harmful.png").is_file()
+    assert (tmp_path / "docs" / "benchmarks_harmful_llm2vec.png").is_file()

@@ -225,3 +225,15 @@ def test_length_batches_cover_every_item_once_and_group_equal_lengths() -> None:
     assert len(equal) == 4  # two batches of length 5 and two of length 7
     with pytest.raises(ValueError):
         length_batches(lengths, 0)
+
+
+def test_length_batches_cap_padded_tokens_per_batch() -> None:
+    lengths = [10] * 6 + [12, 15, 40, 41, 90, 200]
+    batches = length_batches(lengths, 4, window=100, max_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 4 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 100), b
+    assert [lengths.index(200)] in batches  # over the budget alone: a batch of its own
+    assert length_batches(lengths, 4, window=100) != batches  # the cap changes the batching
+    with pytest.raises(ValueError, match="max_tokens"):
+        length_batches(lengths, 4, max_tokens=0)

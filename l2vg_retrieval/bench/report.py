@@ -674,8 +674,10 @@ def section_harmful(data: dict[str, Any], docs: Path) -> str:
         ]
         for name, m in systems.items()
     ]
+    variant = data.get("results_name") or "harmful"
+    suffix = "" if variant == "harmful" else f": `{variant}`"
     out = [
-        "## Harmful-content retrieval",
+        "## Harmful-content retrieval" + suffix,
         meta,
         intro,
         _table(
@@ -739,7 +741,7 @@ def section_harmful(data: dict[str, Any], docs: Path) -> str:
             _table(["protocol", "component", "mean recall", "min recall", "worst", "benign FPR"], gen_rows)
         )
     if systems:
-        png = docs / "benchmarks_harmful.png"
+        png = docs / ("benchmarks_harmful.png" if not suffix else f"benchmarks_{variant}.png")
         labels = [HARMFUL_LABELS.get(n, n) for n in systems]
         _bar_png(
             png,

@@ -114,12 +114,16 @@ def write_results(name: str, payload: dict[str, Any], out_dir: str | Path = DEFA
 
 
 def read_results(out_dir: str | Path = DEFAULT_RESULTS_DIR) -> dict[str, dict[str, Any]]:
-    """All results JSON in a folder, keyed by benchmark name; unreadable files are an error."""
+    """All results JSON in a folder, keyed by file stem (``harmful``, ``harmful_llm2vec``);
+    each dict also carries it as ``results_name``. Unreadable files are an error.
+
+    Not by the ``benchmark`` field: two runs of one harness can record the same descriptive
+    name, and the later file used to replace the earlier in the report."""
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(Path(out_dir).glob("*.json")):
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-        found[str(data.get("benchmark", path.stem))] = data
+        found[path.stem] = {**data, "results_name": path.stem}
     return found
