@@ -86,6 +86,15 @@ def test_a_bad_checkpoint_exits_with_the_mismatch_code(checkpoint: Path, damage:
         assert message in result.output and "Traceback" not in result.output
 
 
+def test_exit_codes_are_the_documented_ones() -> None:
+    """Scripts branch on these numbers (README, "Command line"): they are an interface."""
+    from l2vg_retrieval.cli import EXIT_RUNTIME, EXIT_USAGE
+
+    assert (EXIT_RUNTIME, EXIT_USAGE, EXIT_MISMATCH) == (1, 2, 3)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "3 a checkpoint that is corrupt" in " ".join(readme.split())
+
+
 def test_missing_checkpoint_and_missing_backbone_fail_cleanly(checkpoint: Path, tmp_path: Path) -> None:
     missing = run("info", "--model", tmp_path / "nowhere")
     assert missing.exit_code == EXIT_MISMATCH and "no checkpoint folder" in missing.output
