@@ -4,7 +4,9 @@ On a CPU, ``scaled_dot_product_attention`` with a single query position runs its
 kernel, which is built for long queries: for this backbone at batch 96 and ~60 cached
 positions it took 2.2 ms per layer call in bfloat16 against 0.38 ms for ``q @ k^T``,
 softmax, ``@ v`` on the same tensors (0.37 vs 0.25 ms in float32), measured side by side on
-this 2-core machine. Over 30 layers that is ~70% of a greedy decode step's attention time.
+this 2-core machine. End to end, greedy decoding of 96 equal-length prompts (no padding,
+so SDPA took that kernel at every step) went from 639 to 879-937 new tokens/s in bf16; with
+padding SDPA takes its masked path instead, and the two are within a few percent.
 
 :func:`decode_attention` scopes the swap to a block (greedy decoding): the model's
 attention implementation becomes ``"l2vg_sdpa"`` there, which takes the matmul path for

@@ -319,3 +319,16 @@ def test_two_runs_of_one_harness_both_reach_the_report(tmp_path: Path) -> None:
     assert "## Harmful-content retrieval: `harmful_llm2vec`" in text
     assert (tmp_path / "docs" / "benchmarks_harmful.png").is_file()
     assert (tmp_path / "docs" / "benchmarks_harmful_llm2vec.png").is_file()
+
+
+def test_variants_of_bright_and_mteb_keep_their_own_heading_and_plot(tmp_path: Path) -> None:
+    """``bright_llm2vec.json`` beside ``bright.json``: two sections, two plots; the variant
+    used to overwrite the packaged default's plot."""
+    _fake_results(tmp_path / "res")
+    data = json.loads((tmp_path / "res" / "bright.json").read_text())
+    (tmp_path / "res" / "bright_llm2vec.json").write_text(json.dumps({**data, "benchmark": "bright_llm2vec"}))
+    text = write_report(tmp_path / "res", tmp_path / "docs").read_text()
+    assert "## BRIGHT-style reasoning retrieval\n" in text
+    assert "## BRIGHT-style reasoning retrieval: `bright_llm2vec`" in text
+    assert "(benchmarks_bright.png)" in text and "(benchmarks_bright_llm2vec.png)" in text
+    assert (tmp_path / "docs" / "benchmarks_bright_llm2vec.png").is_file()

@@ -95,7 +95,7 @@ def section_bright(data: dict[str, Any], docs: Path) -> str:
         for k in keys
     ]
     out = [
-        "## BRIGHT-style reasoning retrieval",
+        "## BRIGHT-style reasoning retrieval" + _variant_suffix(data, "bright"),
         _meta_line(data),
         f"Source: `{data.get('source')}`; queries per domain: {data['n_queries']}; "
         f"documents per domain: {data['n_documents']}. nDCG@10 per domain, then means over domains.",
@@ -117,7 +117,7 @@ def section_bright(data: dict[str, Any], docs: Path) -> str:
             )
         )
     out += _dims_table(data, {k: mean[k]["ndcg@10"] for k in keys}, "nDCG@10")
-    png = docs / "benchmarks_bright.png"
+    png = _plot_path(docs, data, "bright")
     _bar_png(
         png,
         "BRIGHT-style nDCG@10",
@@ -167,9 +167,21 @@ def _dims_table(data: dict[str, Any], quality: dict[str, float | None], metric: 
     ]
 
 
+def _variant_name(data: dict[str, Any], base: str) -> str:
+    """Which run of a harness this is: its results file (``bright_llm2vec``), else the name
+    it recorded if that is a name (``harmful.json`` records a description), else the harness."""
+    name = str(data.get("results_name") or data.get("benchmark") or base)
+    return name if re.fullmatch(r"[\w.-]+", name) else base
+
+
 def _variant_suffix(data: dict[str, Any], base: str) -> str:
-    name = data.get("benchmark", base)
+    name = _variant_name(data, base)
     return "" if name == base else f": `{name}`"
+
+
+def _plot_path(docs: Path, data: dict[str, Any], base: str) -> Path:
+    """One plot per results file: variants of a harness must not overwrite each other's."""
+    return docs / f"benchmarks_{_variant_name(data, base)}.png"
 
 
 def section_qa(data: dict[str, Any], docs: Path) -> str:
@@ -229,7 +241,7 @@ def section_qa(data: dict[str, Any], docs: Path) -> str:
             "match a QA question after case and punctuation normalisation."
         )
     out += _dims_table(data, {k: mean[k]["ndcg@10"] for k in keys}, "nDCG@10")
-    png = docs / f"benchmarks_{data.get('benchmark', 'qa')}.png"
+    png = _plot_path(docs, data, "qa")
     _bar_png(
         png,
         "QA retrieval (FAQ questions vs Perl/Python manuals)",
@@ -250,7 +262,7 @@ def section_mteb(data: dict[str, Any], docs: Path) -> str:
         for k in keys
     ]
     out = [
-        "## MTEB-style suite",
+        "## MTEB-style suite" + _variant_suffix(data, "mteb"),
         _meta_line(data),
         "Main score per task (STS: Spearman of cosine; classification: accuracy; clustering: "
         "V-measure; retrieval: nDCG@10), computed by `mteb.evaluate`.",
@@ -276,7 +288,7 @@ def section_mteb(data: dict[str, Any], docs: Path) -> str:
             )
         )
     out += _dims_table(data, {k: _mean([scores[k].get(t) for t in tasks]) for k in keys}, "mean score")
-    png = docs / "benchmarks_mteb.png"
+    png = _plot_path(docs, data, "mteb")
     _bar_png(
         png,
         "MTEB-style suite (main score)",
@@ -619,7 +631,7 @@ def section_scale(data: dict[str, Any], docs: Path) -> str:
             )
         )
     if len({r["n"] for r in runs}) > 1:  # a line needs two sizes
-        png = docs / f"benchmarks_{data.get('benchmark', 'scale')}.png"
+        png = _plot_path(docs, data, "scale")
         _scale_png(png, runs)
         out.append(f"![search latency against collection size]({png.name})")
     return "\n\n".join(out)
@@ -674,10 +686,8 @@ def section_harmful(data: dict[str, Any], docs: Path) -> str:
         ]
         for name, m in systems.items()
     ]
-    variant = data.get("results_name") or "harmful"
-    suffix = "" if variant == "harmful" else f": `{variant}`"
     out = [
-        "## Harmful-content retrieval" + suffix,
+        "## Harmful-content retrieval" + _variant_suffix(data, "harmful"),
         meta,
         intro,
         _table(
@@ -741,7 +751,7 @@ def section_harmful(data: dict[str, Any], docs: Path) -> str:
             _table(["protocol", "component", "mean recall", "min recall", "worst", "benign FPR"], gen_rows)
         )
     if systems:
-        png = docs / ("benchmarks_harmful.png" if not suffix else f"benchmarks_{variant}.png")
+        png = _plot_path(docs, data, "harmful")
         labels = [HARMFUL_LABELS.get(n, n) for n in systems]
         _bar_png(
             png,
