@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..runtime import large_blocks_from_the_os
 from .attention import bidirectional_attention, forward_hidden
 from .config import SimCSEConfig
 from .inputs import collate, mean_pool, tokenize_texts
@@ -110,7 +111,13 @@ def train_simcse(
     )
     # For the whole run, not per forward: backward recomputes checkpointed layers after the
     # forward has returned, and must see the same dropout and attention mode.
-    with attention_dropout(model, config.attention_dropout), bidirectional_attention(model):
+    # glibc keeps this stage's freed blocks otherwise: 8.9 GB resident instead of 2.3 GB at
+    # batch 32 (runtime.large_blocks_from_the_os).
+    with (
+        attention_dropout(model, config.attention_dropout),
+        bidirectional_attention(model),
+        large_blocks_from_the_os(),
+    ):
         result = runner.run(step_fn, show_progress_bar=show_progress_bar, on_step=on_step)
     save_adapter(folder / "adapter", peft_model, base_model=base_model)
     return peft_model, result
