@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--model", help="checkpoint folder (default: packaged, else untrained same-size encoder)"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/indexing.json"))
+    parser.add_argument(
+        "--note", default="", help="what else ran on the machine, if anything (stored with the results)"
+    )
     args = parser.parse_args(argv)
 
     runs = []
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": torch.__version__,
-            "note": "shared 2-core machine; other jobs were running, so absolute numbers are pessimistic",
+            **({"note": args.note} if args.note else {}),
         },
         "runs": runs,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
