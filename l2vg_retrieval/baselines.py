@@ -17,7 +17,7 @@ import torch
 from .backbones import DEFAULT_BACKBONE, LoadedBackbone, load_backbone
 from .batching import encode_texts, length_batches, pad_left, positions_from_mask
 from .config import DEFAULT_DOCUMENT_PROMPT, DEFAULT_QUERY_INSTRUCTION
-from .generation import GENERATION_BATCH_TOKENS, generate_responses, trim_repetition
+from .generation import generate_responses, trim_repetition
 from .inputs import PromptTemplate, as_text_list, build_input_ids
 from .runtime import resolve_device, resolve_dtype
 from .teacher import TeacherEncoder
@@ -133,11 +133,7 @@ class GenerateThenEncode:
         )
         answers: list[str] = [""] * len(ids)
         with self._lock:
-            lengths = [len(i) for i in ids]
-            batches = length_batches(
-                lengths, self.generation_batch_size, window=len(ids), max_tokens=GENERATION_BATCH_TOKENS
-            )
-            for idx in batches:
+            for idx in length_batches([len(i) for i in ids], self.generation_batch_size, window=len(ids)):
                 rows = generate_responses(
                     self.model, self.tokenizer, [ids[i] for i in idx], max_new_tokens=self.max_new_tokens
                 )

@@ -24,11 +24,6 @@ from .batching import common_prefix_length, pad_left, positions_from_mask
 from .decode_attention import decode_attention
 from .kv_cache import CACHE_KWARG, preallocated_cache
 
-# Padded prompt tokens per generation batch (rows x longest prompt). Measured on the
-# benchmark's longest-prompt batch (128 rows of 59-204 tokens, bf16, 2 cores): 23.7 s as one
-# batch, 14.2 s under 8,192 tokens (2 batches), 13.8 s under 6,144, 14.3 s under 4,096.
-GENERATION_BATCH_TOKENS = 8192
-
 
 def _eos_ids(tokenizer: object, model: torch.nn.Module) -> list[int]:
     """Every id that ends a turn for this backbone, read from it rather than hard-coded."""

@@ -60,10 +60,6 @@ def _libc_function(function: str) -> object | None:
         return None
 
 
-def _libc_malloc_trim() -> object | None:
-    return _libc_function("malloc_trim")
-
-
 # glibc's mallopt parameters and their defaults (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _DEFAULT_THRESHOLD = 128 * 1024
@@ -104,6 +100,6 @@ def release_free_memory() -> None:
     resident memory grew from ~3 GB to ~13 GB within 13 steps of the default run (batch
     32 with a LoRA) and fell back to ~3 GB after one ``malloc_trim``.
     """
-    trim = _libc_malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)  # type: ignore[operator]

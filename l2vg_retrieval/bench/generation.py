@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..batching import length_batches
-from ..generation import GENERATION_BATCH_TOKENS, generate_responses, generate_responses_hf
+from ..generation import generate_responses, generate_responses_hf
 
 TRAIN_POOL = Path(__file__).resolve().parents[2] / "data" / "queries" / "queries.train.jsonl"
 
@@ -85,7 +85,7 @@ def run_generation_benchmark(
     template = PromptTemplate.for_tokenizer(tokenizer, use_chat_template=True)
     prompts = build_input_ids(tokenizer, template, list(queries), prompt=None, max_text_tokens=256)
     lengths = [len(p) for p in prompts]
-    bucketed = length_batches(lengths, batch_size, max_tokens=GENERATION_BATCH_TOKENS)
+    bucketed = length_batches(lengths, batch_size)
     configs = {
         "hf-landed": (generate_responses_hf, _window_sorted(lengths, landed_batch_size)),
         "hf-bucketed": (generate_responses_hf, bucketed),

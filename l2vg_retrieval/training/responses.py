@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..batching import length_batches
-from ..generation import GENERATION_BATCH_TOKENS, generate_responses, trim_repetition
+from ..generation import generate_responses, trim_repetition
 from ..inputs import PromptTemplate, build_input_ids, clean_text
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def generate_response_cache(
     prompts = build_input_ids(
         tokenizer, template, [q["text"] for q in todo], prompt=None, max_text_tokens=max_query_tokens
     )
-    batches = length_batches([len(p) for p in prompts], batch_size, max_tokens=GENERATION_BATCH_TOKENS)
+    batches = length_batches([len(p) for p in prompts], batch_size)
     with (
         cache_path.open("a", encoding="utf-8") as out,
         tqdm(total=len(todo), desc="responses", unit="query", disable=not show_progress_bar) as bar,
