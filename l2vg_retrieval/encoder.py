@@ -281,6 +281,35 @@ class L2VGEncoder(torch.nn.Module):
             self.adapter.load_state(tensors)
         self.clear_caches()
 
+    def warm_start_from(self, tensors: dict[str, torch.Tensor]) -> list[str]:
+        """Load a checkpoint trained with other *option* settings (issue 12's exit layer,
+        pooling, exit norm) as the starting point of this encoder.
+
+        Every tensor of the checkpoint must exist here with the same shape: tokens, heads and
+        the encoder LoRA carry over. Tensors only this encoder has must belong to an option
+        module (latent pooling, a learned exit norm); they keep their initialisation, which
+        starts each option as the original encoder (zeroed output projections, a copy of the
+        final norm). Returns the names that started fresh.
+        """
+        own = self.trainable_state()
+        unexpected = sorted(set(tensors) - set(own))
+        if unexpected:
+            raise CheckpointError(
+                f"warm start: this encoder has no place for checkpoint tensors {unexpected}"
+            )
+        for key, value in tensors.items():
+            if tuple(value.shape) != tuple(own[key].shape):
+                raise CheckpointError(
+                    f"warm start: tensor '{key}' has shape {tuple(value.shape)}, "
+                    f"expected {tuple(own[key].shape)}"
+                )
+        fresh = sorted(set(own) - set(tensors))
+        not_options = [k for k in fresh if not k.startswith(_OPTION_MODULE_PREFIXES)]
+        if not_options:
+            raise CheckpointError(f"warm start: the checkpoint lacks core tensors {not_options}")
+        self.load_trainable_state({**{k: own[k] for k in fresh}, **tensors})
+        return fresh
+
     # ------------------------------------------------------------------ properties
     @property
     def lm(self) -> torch.nn.Module:
@@ -796,6 +825,11 @@ class L2VGEncoder(torch.nn.Module):
             f"compression={c.n_compression}, dim={self.dim}, dtype={self.dtype_}, "
             f"document_mode={c.document_mode!r}{options})"
         )
+
+
+# Modules that exist only when an option is on; a warm start may leave them at their
+# initialisation (each starts as the original encoder's behaviour).
+_OPTION_MODULE_PREFIXES = ("latent_pool.", "exit_norm.")
 
 
 def _teacher_dim(name: str, teacher: LoadedTeacher | None) -> int:

@@ -386,3 +386,42 @@ def test_checkpoint_whose_tensors_disagree_with_its_config_is_refused(
     (tmp_path / CONFIG_FILE).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=message):
         _load(tmp_path)
+
+
+# ---------------------------------------------------------------------- warm start
+@pytest.mark.parametrize(
+    "options",
+    [{"exit_layer": 1}, LATENT, {"exit_layer": 1, "exit_norm": "learned"}],
+    ids=["early-exit", "latent-attention", "learned-exit-norm"],
+)
+def test_warm_start_carries_every_shared_tensor_and_starts_options_as_the_original(
+    options: dict[str, Any],
+) -> None:
+    trained = build_tiny_encoder()
+    _perturb(trained)
+    fresh_option = build_tiny_encoder(**options)
+    started = trained.trainable_state()
+    new_names = fresh_option.warm_start_from(started)
+    state = fresh_option.trainable_state()
+    assert set(new_names) == set(state) - set(started)
+    assert all(n.startswith(("latent_pool.", "exit_norm.")) for n in new_names)
+    for key, value in started.items():
+        assert torch.equal(state[key].float(), value.float()), key
+    # Latent pooling starts as exact mean pooling and a learned norm as the final norm: with
+    # the same exit depth the warm-started encoder equals the trained one plus that option.
+    reference = build_tiny_encoder(exit_layer=options.get("exit_layer"))
+    reference.warm_start_from(started)
+    assert np.allclose(fresh_option.encode(TEXTS), reference.encode(TEXTS), atol=1e-5)
+
+
+def test_warm_start_refuses_tensors_that_do_not_fit() -> None:
+    trained = build_tiny_encoder(**LATENT).trainable_state()
+    with pytest.raises(CheckpointError, match="no place for"):
+        build_tiny_encoder().warm_start_from(trained)
+    core = build_tiny_encoder().trainable_state()
+    core.pop("align_head.weight")
+    with pytest.raises(CheckpointError, match="lacks core tensors"):
+        build_tiny_encoder().warm_start_from(core)
+    other_shape = build_tiny_encoder(n_compression=4).trainable_state()
+    with pytest.raises(CheckpointError, match="shape"):
+        build_tiny_encoder().warm_start_from(other_shape)

@@ -15,10 +15,11 @@ import pytest
 import torch
 from conftest import build_tiny_backbone, build_tiny_encoder, build_tiny_teacher, write_tiny_train_config
 
+from l2vg_retrieval.training import trainer as trainer_module
 from l2vg_retrieval.training.config import ConfigFileError, TrainConfig, load_train_config
 from l2vg_retrieval.training.responses import generate_response_cache, read_cache
 from l2vg_retrieval.training.targets import build_targets, load_targets
-from l2vg_retrieval.training.trainer import Trainer, TrainExample, compute_losses
+from l2vg_retrieval.training.trainer import Trainer, TrainExample, compute_losses, split_micro_batches
 
 QUERIES = [
     "what is the capital of France?",
@@ -296,6 +297,52 @@ def test_micro_batches_give_the_full_batch_update(tmp_path: Path) -> None:
         assert torch.allclose(value, state_micro[key], atol=1e-6), key
 
 
+def test_token_capped_micro_batches_give_the_full_batch_update(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Grouped by padded tokens (longest first), the step is still the full batch's."""
+    results = []
+    for cap in (None, 40):
+        config = _config_with(tmp_path / str(cap), align_only_steps=10, align_loss="cosine")
+        config = config.model_copy(
+            update={"optim": config.optim.model_copy(update={"micro_batch_tokens": cap})}
+        )
+        config.output_dir.mkdir(parents=True)
+        trainer = Trainer(build_tiny_encoder(), _examples(build_tiny_encoder()), config)
+        calls: list[int] = []
+
+        def counting(encoder: object, batch: list, *args: object, calls: list[int] = calls, **kwargs: object):
+            calls.append(len(batch))
+            return compute_losses(encoder, batch, *args, **kwargs)
+
+        monkeypatch.setattr(trainer_module, "compute_losses", counting)
+        _, align = trainer.train_step()
+        results.append((align, trainer.encoder.trainable_state(), calls))
+    (align_full, state_full, calls_full), (align_capped, state_capped, calls_capped) = results
+    assert calls_full == [sum(calls_full)] and len(calls_capped) > 1  # the cap did split the batch
+    assert sum(calls_capped) == sum(calls_full)
+    assert abs(align_full - align_capped) < 1e-6
+    for key, value in state_full.items():
+        assert torch.allclose(value, state_capped[key], atol=1e-6), key
+
+
+def test_micro_batch_groups_respect_both_caps_and_keep_every_example_once() -> None:
+    lengths = [5, 30, 12, 12, 50, 3, 7]
+    groups = split_micro_batches(len(lengths), max_items=3, max_tokens=36, lengths=lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert groups[0] == [4]  # longer than the cap: alone, not dropped
+    for group in groups:
+        assert len(group) <= 3
+        width = max(lengths[i] for i in group)
+        assert len(group) == 1 or len(group) * width <= 36
+        assert lengths[group[0]] == width  # longest first: the first sets the padded width
+    # Without a token cap: the old consecutive split, unchanged.
+    assert split_micro_batches(5, max_items=2, max_tokens=None, lengths=None) == [[0, 1], [2, 3], [4]]
+    assert split_micro_batches(3, max_items=None, max_tokens=None, lengths=None) == [[0, 1, 2]]
+    with pytest.raises(ValueError, match="one length per example"):
+        split_micro_batches(3, max_items=None, max_tokens=10, lengths=[1, 2])
+
+
 def test_alignment_only_phase_then_joint_steps_in_the_log(tmp_path: Path) -> None:
     config = _config_with(tmp_path, align_only_steps=4, align_loss="cosine")
     config.output_dir.mkdir(parents=True)
@@ -415,6 +462,46 @@ def test_run_training_end_to_end_writes_every_stage(uninterrupted_run: tuple[Pat
     assert final.encode_query("what is a light year?").shape == (32,)
     meta = json.loads((run / "final" / "l2vg_config.json").read_text())
     assert meta["training"]["steps"] == PIPELINE_STEPS
+
+
+def test_init_from_with_other_options_warm_starts_them_and_other_changes_are_refused(
+    uninterrupted_run: tuple[Path, dict], tmp_path: Path, tiny_model_dirs: tuple[Path, Path]
+) -> None:
+    """Issue 12's equal-budget comparison: an option run starts from a trained checkpoint."""
+    import yaml
+
+    from l2vg_retrieval.encoder import L2VGEncoder
+    from l2vg_retrieval.training.pipeline import run_training
+
+    run, _ = uninterrupted_run
+    path = _write_pipeline_config(
+        tmp_path / "exit", tiny_model_dirs, align_only_steps=2, refit_align_head=False
+    )
+    raw = yaml.safe_load(path.read_text())
+    raw["encoder"]["exit_layer"] = 1
+    raw["optim"]["steps"] = 2
+    path.write_text(yaml.safe_dump(raw))
+    summary = run_training(
+        load_train_config(path), init_from=run / "final", evaluate_baselines=False, show_progress_bar=False
+    )
+    assert summary["init_from"] == str(run / "final") and summary["steps"] == 2
+    started = _weights(run / "final")
+    trained = L2VGEncoder.from_pretrained(tmp_path / "exit" / "run" / "final", dtype="float32")
+    assert trained.config.exit_layer == 1
+    moved = _weights(tmp_path / "exit" / "run" / "final")
+    assert set(moved) == set(started) and any(not torch.equal(moved[k], started[k]) for k in started)
+    # A change outside the option fields (the token counts) cannot reuse the tensors.
+    raw["encoder"]["exit_layer"] = None
+    raw["encoder"]["n_compression"] = 4
+    raw["output_dir"] = "run2"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="beyond the option fields"):
+        run_training(
+            load_train_config(path),
+            init_from=run / "final",
+            evaluate_baselines=False,
+            show_progress_bar=False,
+        )
 
 
 _STALLING_TRAIN = textwrap.dedent(

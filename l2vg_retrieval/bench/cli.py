@@ -631,6 +631,48 @@ def generation_cmd(
     console.print(f"wrote {path}")
 
 
+@bench_app.command("options")
+def options_cmd(
+    spec: Annotated[
+        Path, typer.Argument(help="YAML list of rows (benchmarks/options.yaml)", exists=True, dir_okay=False)
+    ] = Path("benchmarks/options.yaml"),
+    results_dir: Annotated[
+        Path, typer.Option(help="where the rows' results files are (their names are relative to it)")
+    ] = DEFAULT_RESULTS_DIR,
+    dtype: DtypeOpt = "bfloat16",
+    rounds: Annotated[int, typer.Option(min=1, help="interleaved timing rounds")] = 3,
+    out_dir: OutDirOpt = DEFAULT_RESULTS_DIR,
+    name: NameOpt = "options",
+) -> None:
+    """Encoder options side by side: throughput, peak memory, vector bytes and every harness's quality."""
+    from pydantic import ValidationError
+
+    from .options import load_spec, run_options_benchmark
+    from .results import write_results
+
+    try:
+        parsed = load_spec(spec)
+    except (ValidationError, ValueError) as exc:
+        _fail(f"{spec}: {exc}")
+    try:
+        result = run_options_benchmark(
+            parsed,
+            results_dir=results_dir,
+            dtype=dtype,
+            rounds=rounds,
+            on_step=lambda step: console.print(f"[options] {step}"),
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    path = write_results(name, result, out_dir)
+    for row in result["rows"]:
+        console.print(
+            f"  {row['key']:14s} {row['documents_per_s']:6.1f} docs/s  {row['peak_rss_mb']:7.0f} MB  "
+            f"QA {row.get('qa_ndcg10', float('nan')):.3f}"
+        )
+    console.print(f"wrote {path}")
+
+
 def torch_device_cpu() -> Any:
     import torch
 

@@ -905,6 +905,104 @@ def section_query_latency(data: dict[str, Any], docs: Path) -> str:
     )
 
 
+def _options_png(path: Path, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = (
+        ("documents_per_s", "documents / s (bf16, 2 cores)"),
+        ("vector_bytes", "bytes per vector (float32)"),
+    )
+    for ax, (field, xlabel) in zip(axes, panels, strict=True):
+        for row in rows:
+            if row.get("qa_ndcg10") is None:
+                continue
+            ax.scatter(row[field], row["qa_ndcg10"], s=40)
+            ax.annotate(
+                row["key"],
+                (row[field], row["qa_ndcg10"]),
+                fontsize=8,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("QA retrieval nDCG@10 (1,500 passages)")
+        ax.grid(alpha=0.3)
+    axes[1].set_xscale("log", base=2)
+    fig.suptitle("Encoder options: quality against speed and against storage")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _times(row: dict[str, Any], field: str) -> str:
+    value, rel = row.get(field), (row.get("relative") or {}).get(field)
+    if value is None:
+        return "–"
+    text = f"{value:.1f}" if field.endswith("_per_s") else f"{value:.3f}"
+    return f"{text} ({rel:.2f}×)" if rel is not None else text
+
+
+def section_options(data: dict[str, Any], docs: Path) -> str:
+    rows = data["rows"]
+    reference = data["reference"]
+    plot = _plot_path(docs, data, "options")
+    _options_png(plot, rows)
+    setup = data.get("cost_setup", {})
+    table = _table(
+        [
+            "option",
+            "dims",
+            "bytes / vector",
+            "documents/s",
+            "queries/s",
+            "query latency ms",
+            "peak RSS MB",
+            "QA nDCG@10",
+            "BRIGHT-style nDCG@10",
+            "MTEB-style mean",
+            "harmful ALOH@10 plain / safe",
+            "benign nDCG@10 safe",
+        ],
+        [
+            [
+                f"**{r['key']}**: {r['label']}",
+                r["dim"],
+                r["vector_bytes"],
+                _times(r, "documents_per_s"),
+                _times(r, "queries_per_s"),
+                f"{r['query_latency_ms']:.0f}",
+                f"{r['peak_rss_mb']:.0f}",
+                _times(r, "qa_ndcg10"),
+                _times(r, "bright_ndcg10"),
+                _times(r, "mteb_mean"),
+                f"{_fmt(r.get('harmful_aloh10'))} / {_fmt(r.get('harmful_aloh10_safe'))}",
+                _fmt(r.get("harmful_benign_ndcg10_safe")),
+            ]
+            for r in rows
+        ],
+    )
+    sources = sorted({s["file"] for r in rows for s in r.get("sources", {}).values()})
+    return "\n\n".join(
+        [
+            f"## Encoder options{_variant_suffix(data, 'options')}",
+            _meta_line(data),
+            f"Cost measured side by side in one run ({data.get('dtype')}): every checkpoint on one "
+            f"shared backbone, {setup.get('rounds')} interleaved rounds over {setup.get('documents')} QA "
+            f"passages and {setup.get('queries')} BRIGHT-style queries at batch {setup.get('batch_size')}, "
+            f"medians; latency is one query per call. Memory: {setup.get('memory')}. Quality from the "
+            "rows' own harness runs (QA retrieval on the 1,500-passage sample, generative documents). "
+            f"Ratios (×) are against **{reference}**.",
+            table,
+            "Results files read: " + ", ".join(f"`{s}`" for s in sources) + ".",
+            f"![encoder options]({plot.name})",
+        ]
+    )
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any], Path], str]] = {
     "query_latency": section_query_latency,
     "generation": section_generation,
@@ -916,6 +1014,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any], Path], str]] = {
     "scale": section_scale,
     "harmful": section_harmful,
     "indexing": section_indexing,
+    "options": section_options,
 }
 
 

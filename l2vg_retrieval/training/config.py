@@ -55,6 +55,13 @@ class OptimConfig(StrictModel):
         description="split each batch into micro-batches of this size (gradient accumulation): "
         "same update, less activation memory",
     )
+    micro_batch_tokens: int | None = Field(
+        None,
+        ge=32,
+        description="also cap each micro-batch at this many padded tokens (examples sorted longest "
+        "first): activation memory follows tokens, not examples, so one long query no longer sets "
+        "a step's peak; same update",
+    )
     grad_clip: float = Field(1.0, gt=0)
     max_response_tokens: int = Field(
         64, ge=4, description="reconstruction target length (tokens, before the EOS)"

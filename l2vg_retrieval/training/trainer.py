@@ -145,6 +145,35 @@ def compute_losses(
     return recon, align
 
 
+def split_micro_batches(
+    n: int, *, max_items: int | None, max_tokens: int | None, lengths: Sequence[int] | None
+) -> list[list[int]]:
+    """Index groups that together are one batch (gradient accumulation).
+
+    Without a token cap: consecutive runs of ``max_items`` (or one group). With one:
+    examples sorted longest first (so a group's padded width is its first example's
+    length and padding stays small) and grouped while ``size x width <= max_tokens`` and
+    ``size <= max_items``; an example longer than the cap gets a group of its own.
+    """
+    if max_tokens is None:
+        size = max_items or n
+        return [list(range(start, min(start + size, n))) for start in range(0, n, size)]
+    if lengths is None or len(lengths) != n:
+        raise ValueError("a token cap on micro-batches needs one length per example")
+    groups: list[list[int]] = []
+    for i in sorted(range(n), key=lambda j: (-lengths[j], j)):
+        group = groups[-1] if groups else None
+        if (
+            group is None
+            or (len(group) + 1) * lengths[group[0]] > max_tokens
+            or (max_items is not None and len(group) >= max_items)
+        ):
+            groups.append([i])
+        else:
+            group.append(i)
+    return groups
+
+
 def lr_at(step: int, config: TrainConfig) -> float:
     """Linear warm-up, then linear decay to zero at the last step."""
     optim = config.optim
@@ -204,15 +233,23 @@ class Trainer:
         # Micro-batches bound activation memory (a LoRA keeps the text's activations for
         # the backward pass); gradients add up to the full batch's, each micro-batch
         # weighted by its share of the examples.
-        micro = config.optim.micro_batch_size or len(batch)
+        lengths = None
+        if config.optim.micro_batch_tokens is not None:
+            lengths = [
+                self._tokens(ex, prompt, with_recon) for ex, prompt in zip(batch, prompts, strict=True)
+            ]
         recon_sum, align_sum = 0.0, 0.0
-        for start in range(0, len(batch), micro):
-            part = slice(start, start + micro)
-            share = len(batch[part]) / len(batch)
+        for part in split_micro_batches(
+            len(batch),
+            max_items=config.optim.micro_batch_size,
+            max_tokens=config.optim.micro_batch_tokens,
+            lengths=lengths,
+        ):
+            share = len(part) / len(batch)
             recon, align = compute_losses(
                 self.encoder,
-                batch[part],
-                prompts[part],
+                [batch[i] for i in part],
+                [prompts[i] for i in part],
                 align_kind=config.align_loss,
                 with_recon=with_recon,
                 matryoshka_dims=config.matryoshka_dims,
@@ -233,6 +270,15 @@ class Trainer:
         # trim costs milliseconds (runtime.release_free_memory).
         release_free_memory()
         return (recon_sum if with_recon else None), align_sum
+
+    def _tokens(self, example: TrainExample, prompt: str | None, with_recon: bool) -> int:
+        """Positions one example puts through the graph: its encoding pass (prompt, query,
+        special tokens) and, in a joint step, the reconstruction pass (soft prompts, answer)."""
+        encoder = self.encoder
+        n = len(encoder.tokenize([example.query], prompt)[0]) + encoder.config.n_special
+        if with_recon:
+            n += encoder.config.n_compression + len(example.response_ids)
+        return n
 
     # -------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
