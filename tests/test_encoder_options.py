@@ -425,3 +425,22 @@ def test_warm_start_refuses_tensors_that_do_not_fit() -> None:
     other_shape = build_tiny_encoder(n_compression=4).trainable_state()
     with pytest.raises(CheckpointError, match="shape"):
         build_tiny_encoder().warm_start_from(other_shape)
+
+
+def test_latent_pooling_equals_torch_multihead_attention_with_its_own_weights() -> None:
+    """The latents are projected once per call, not per row; the result must be what
+    nn.MultiheadAttention computes on the latents expanded to every row."""
+    from l2vg_retrieval.config import LatentAttentionConfig
+    from l2vg_retrieval.pooling import LatentAttentionPooling
+
+    pool = LatentAttentionPooling(32, LatentAttentionConfig(**SMALL_LATENTS), seed=1)
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for param in pool.parameters():
+            param.add_(0.1 * torch.randn(param.shape, generator=generator))
+    states = torch.randn(5, 3, 32, generator=generator)
+    queries = pool.attention_norm(states)
+    latents = pool.latents.unsqueeze(0).expand(5, -1, -1)
+    expected, _ = pool.attention(queries, latents, latents, need_weights=False)
+    assert torch.allclose(pool._attend_to_latents(queries), expected, atol=1e-5)
+    assert not torch.allclose(expected, torch.zeros_like(expected))

@@ -21,6 +21,8 @@ import torch
 
 from .trainer import TrainExample
 
+POOL_CHUNK = 256
+
 
 def mean_soft_prompts(
     encoder: object, queries: Sequence[str], prompt: str | None, *, batch_size: int = 32
@@ -30,8 +32,14 @@ def mean_soft_prompts(
     soft = encoder.soft_prompts(  # type: ignore[attr-defined]
         list(queries), prompt=prompt, batch_size=batch_size, show_progress_bar=None
     )
+    # Pooled in chunks: latent-attention pooling's scores are [rows, heads, K, latents].
     with torch.inference_mode():
-        return encoder.pooled_soft_prompts(soft).float()  # type: ignore[attr-defined]
+        return torch.cat(
+            [
+                encoder.pooled_soft_prompts(soft[start : start + POOL_CHUNK]).float()  # type: ignore[attr-defined]
+                for start in range(0, soft.shape[0], POOL_CHUNK)
+            ]
+        )
 
 
 def _solve(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
