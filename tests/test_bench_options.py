@@ -108,7 +108,11 @@ def test_costs_are_measured_for_every_checkpoint_on_one_backbone(option_checkpoi
 
 def test_peak_memory_comes_from_a_fresh_process(option_checkpoints: dict) -> None:
     peak = measure_peak_memory(option_checkpoints["exit1"], DOCS, dtype="float32", batch_size=2)
-    assert peak["peak_rss_mb"] >= peak["peak_rss_mb_loaded"] > 50  # torch alone is more than that
+    assert peak["peak_rss_mb_encoding"] >= peak["rss_mb_loaded"] > 50  # torch alone is more than that
+    assert peak["encoding_extra_mb"] == pytest.approx(
+        peak["peak_rss_mb_encoding"] - peak["rss_mb_loaded"], abs=0.2
+    )
+    assert peak["process_peak_rss_mb"] >= peak["peak_rss_mb_encoding"] - 1
     with pytest.raises(RuntimeError, match="failed"):
         measure_peak_memory("/nonexistent/checkpoint", DOCS, dtype="float32", batch_size=2)
 
@@ -138,7 +142,7 @@ def test_table_ratios_are_against_the_reference_and_the_report_renders(tmp_path:
     spec, results = _spec_with_results(tmp_path)
     quality = collect_quality(spec, results)
     cost = {"ckpt": {"documents_per_s": 20.0, "queries_per_s": 40.0, "query_latency_ms": 90.0}}
-    memory = {"ckpt": {"peak_rss_mb": 1500.0, "peak_rss_mb_loaded": 1200.0}}
+    memory = {"ckpt": {"rss_mb_loaded": 1200.0, "peak_rss_mb_encoding": 1500.0, "encoding_extra_mb": 300.0}}
     rows = build_table(spec, quality, cost, memory, {"ckpt": 384})
     full, half = rows
     assert full["relative"]["qa_ndcg10"] == 1.0 and full["vector_bytes"] == 1536
@@ -172,3 +176,18 @@ def test_cli_refuses_a_bad_spec_with_the_bad_input_code(tmp_path: Path) -> None:
     spec.write_text(yaml.safe_dump({"reference": "a", "rows": [_row("a", "x", results={"qa": "gone"})]}))
     result = CliRunner().invoke(app, ["bench", "options", str(spec), "--results-dir", str(tmp_path)])
     assert result.exit_code == EXIT_USAGE and "gone.json" in result.output
+
+
+def test_committed_results_of_this_stop_render_from_their_own_numbers(tmp_path: Path) -> None:
+    from l2vg_retrieval.bench.report import renderer
+
+    for name in ("micro_batch_memory", "options"):
+        data = {**json.loads((RESULTS / f"{name}.json").read_text()), "results_name": name}
+        render = renderer(name)
+        assert render is not None, name
+        text = render(data, tmp_path)
+        if name == "micro_batch_memory":
+            for run in data["runs"].values():
+                assert f"| {run['peak_rss_mb']} | {run['seconds_per_step']} |" in text
+        else:
+            assert all(f"**{row['key']}**" in text for row in data["rows"])

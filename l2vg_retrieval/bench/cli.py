@@ -667,8 +667,8 @@ def options_cmd(
     path = write_results(name, result, out_dir)
     for row in result["rows"]:
         console.print(
-            f"  {row['key']:14s} {row['documents_per_s']:6.1f} docs/s  {row['peak_rss_mb']:7.0f} MB  "
-            f"QA {row.get('qa_ndcg10', float('nan')):.3f}"
+            f"  {row['key']:14s} {row['documents_per_s']:6.1f} docs/s  "
+            f"{row['peak_rss_mb_encoding']:7.0f} MB  QA {row.get('qa_ndcg10', float('nan')):.3f}"
         )
     console.print(f"wrote {path}")
 

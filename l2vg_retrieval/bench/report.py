@@ -332,7 +332,7 @@ def section_speed(data: dict[str, Any], docs: Path) -> str:
                 "ms, batch 1",
                 f"ms per call, batch {bs}",
                 f"ms per query, batch {bs}",
-                "peak RSS MB",
+                "RSS MB loaded / peak encoding",
             ],
             rows,
         ),
@@ -960,7 +960,7 @@ def section_options(data: dict[str, Any], docs: Path) -> str:
             "documents/s",
             "queries/s",
             "query latency ms",
-            "peak RSS MB",
+            "RSS MB loaded / peak encoding",
             "QA nDCG@10",
             "BRIGHT-style nDCG@10",
             "MTEB-style mean",
@@ -975,7 +975,7 @@ def section_options(data: dict[str, Any], docs: Path) -> str:
                 _times(r, "documents_per_s"),
                 _times(r, "queries_per_s"),
                 f"{r['query_latency_ms']:.0f}",
-                f"{r['peak_rss_mb']:.0f}",
+                f"{r['rss_mb_loaded']:.0f} / {r['peak_rss_mb_encoding']:.0f}",
                 _times(r, "qa_ndcg10"),
                 _times(r, "bright_ndcg10"),
                 _times(r, "mteb_mean"),
@@ -1003,6 +1003,33 @@ def section_options(data: dict[str, Any], docs: Path) -> str:
     )
 
 
+def section_micro_batch_memory(data: dict[str, Any], docs: Path) -> str:
+    runs = data["runs"]
+    return "\n\n".join(
+        [
+            "## Training-step memory: micro-batches by examples or by tokens",
+            _meta_line(data),
+            f"The first {data['steps']} steps of `{data['config']}` from the {data['init_from']}, each "
+            "setting in its own process (its own peak RSS); the same batches, the same update.",
+            _table(
+                ["micro-batches", "micro_batch_size", "micro_batch_tokens", "peak RSS MB", "s / step"],
+                [
+                    [
+                        label,
+                        r["micro_batch_size"],
+                        r["micro_batch_tokens"],
+                        r["peak_rss_mb"],
+                        r["seconds_per_step"],
+                    ]
+                    for label, r in runs.items()
+                ],
+            ),
+            f"Largest difference between the two runs' alignment losses: {data['max_loss_difference']:.1e} "
+            "(bf16 summation order).",
+        ]
+    )
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any], Path], str]] = {
     "query_latency": section_query_latency,
     "generation": section_generation,
@@ -1015,6 +1042,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any], Path], str]] = {
     "harmful": section_harmful,
     "indexing": section_indexing,
     "options": section_options,
+    "micro_batch_memory": section_micro_batch_memory,
 }
 
 
