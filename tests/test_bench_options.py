@@ -188,6 +188,6 @@ def test_committed_results_of_this_stop_render_from_their_own_numbers(tmp_path: 
         text = render(data, tmp_path)
         if name == "micro_batch_memory":
             for run in data["runs"].values():
-                assert f"| {run['peak_rss_mb']} | {run['seconds_per_step']} |" in text
+                assert f"| {run['peak_rss_mb']:.3f} | {run['seconds_per_step']:.3f} |" in text
         else:
             assert all(f"**{row['key']}**" in text for row in data["rows"])
