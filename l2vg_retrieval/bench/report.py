@@ -917,17 +917,19 @@ def _options_png(path: Path, rows: list[dict[str, Any]]) -> None:
         ("vector_bytes", "bytes per vector (float32)"),
     )
     for ax, (field, xlabel) in zip(axes, panels, strict=True):
+        placed: list[tuple[float, float]] = []
         for row in rows:
             if row.get("qa_ndcg10") is None:
                 continue
-            ax.scatter(row[field], row["qa_ndcg10"], s=40)
-            ax.annotate(
-                row["key"],
-                (row[field], row["qa_ndcg10"]),
-                fontsize=8,
-                xytext=(4, 3),
-                textcoords="offset points",
+            x, y = row[field], row["qa_ndcg10"]
+            ax.scatter(x, y, s=40)
+            # Rows at (nearly) the same point get their labels stacked, not printed on top of
+            # each other (the default, control and latent rows sit together).
+            near = sum(
+                1 for px, py in placed if abs(px - x) <= 0.05 * max(abs(x), 1e-9) and abs(py - y) < 0.025
             )
+            placed.append((x, y))
+            ax.annotate(row["key"], (x, y), fontsize=8, xytext=(4, 3 - 9 * near), textcoords="offset points")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("QA retrieval nDCG@10 (1,500 passages)")
         ax.grid(alpha=0.3)
