@@ -167,7 +167,7 @@ def test_table_ratios_are_against_the_reference_and_the_report_renders(tmp_path:
 def test_cli_refuses_a_bad_spec_with_the_bad_input_code(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from l2vg_retrieval.cli import EXIT_USAGE, app
+    from l2vg_retrieval.cli import EXIT_MISMATCH, EXIT_USAGE, app
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"reference": "z", "rows": [_row("a", "x")]}))
@@ -176,6 +176,15 @@ def test_cli_refuses_a_bad_spec_with_the_bad_input_code(tmp_path: Path) -> None:
     spec.write_text(yaml.safe_dump({"reference": "a", "rows": [_row("a", "x", results={"qa": "gone"})]}))
     result = CliRunner().invoke(app, ["bench", "options", str(spec), "--results-dir", str(tmp_path)])
     assert result.exit_code == EXIT_USAGE and "gone.json" in result.output
+    # Results present, checkpoint absent: the documented checkpoint exit code.
+    shutil.copy(RESULTS / "qa_1500.json", tmp_path / "qa_1500.json")
+    spec.write_text(
+        yaml.safe_dump(
+            {"reference": "a", "rows": [_row("a", str(tmp_path / "nowhere"), results={"qa": "qa_1500"})]}
+        )
+    )
+    result = CliRunner().invoke(app, ["bench", "options", str(spec), "--results-dir", str(tmp_path)])
+    assert result.exit_code == EXIT_MISMATCH and "no checkpoint folder" in result.output
 
 
 def test_committed_results_of_this_stop_render_from_their_own_numbers(tmp_path: Path) -> None:

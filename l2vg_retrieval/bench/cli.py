@@ -647,6 +647,8 @@ def options_cmd(
     """Encoder options side by side: throughput, peak memory, vector bytes and every harness's quality."""
     from pydantic import ValidationError
 
+    from ..cli import EXIT_MISMATCH
+    from ..encoder import CheckpointError
     from .options import load_spec, run_options_benchmark
     from .results import write_results
 
@@ -662,6 +664,8 @@ def options_cmd(
             rounds=rounds,
             on_step=lambda step: console.print(f"[options] {step}"),
         )
+    except CheckpointError as exc:  # a row's checkpoint is missing, corrupt or mismatched
+        _fail(str(exc), EXIT_MISMATCH)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     path = write_results(name, result, out_dir)
