@@ -278,16 +278,19 @@ def _config_with(tmp_path: Path, **top: object) -> TrainConfig:
     return TrainConfig.model_validate(base)
 
 
+def _alignment_trainer(folder: Path, **optim: object) -> Trainer:
+    """A tiny alignment-only trainer whose optimiser settings are ``optim``."""
+    config = _config_with(folder, align_only_steps=10, align_loss="cosine")
+    config = config.model_copy(update={"optim": config.optim.model_copy(update=optim)})
+    config.output_dir.mkdir(parents=True)
+    return Trainer(build_tiny_encoder(), _examples(build_tiny_encoder()), config)
+
+
 def test_micro_batches_give_the_full_batch_update(tmp_path: Path) -> None:
     """Alignment-only steps: the per-example mean splits exactly over micro-batches."""
     results = []
     for micro in (None, 2):
-        config = _config_with(tmp_path / str(micro), align_only_steps=10, align_loss="cosine")
-        config = config.model_copy(
-            update={"optim": config.optim.model_copy(update={"micro_batch_size": micro})}
-        )
-        config.output_dir.mkdir(parents=True)
-        trainer = Trainer(build_tiny_encoder(), _examples(build_tiny_encoder()), config)
+        trainer = _alignment_trainer(tmp_path / str(micro), micro_batch_size=micro)
         recon, align = trainer.train_step()
         assert recon is None  # an alignment-only step skips the response pass
         results.append((align, trainer.encoder.trainable_state()))
@@ -303,12 +306,7 @@ def test_token_capped_micro_batches_give_the_full_batch_update(
     """Grouped by padded tokens (longest first), the step is still the full batch's."""
     results = []
     for cap in (None, 40):
-        config = _config_with(tmp_path / str(cap), align_only_steps=10, align_loss="cosine")
-        config = config.model_copy(
-            update={"optim": config.optim.model_copy(update={"micro_batch_tokens": cap})}
-        )
-        config.output_dir.mkdir(parents=True)
-        trainer = Trainer(build_tiny_encoder(), _examples(build_tiny_encoder()), config)
+        trainer = _alignment_trainer(tmp_path / str(cap), micro_batch_tokens=cap)
         calls: list[int] = []
 
         def counting(encoder: object, batch: list, *args: object, calls: list[int] = calls, **kwargs: object):
