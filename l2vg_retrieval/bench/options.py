@@ -1,4 +1,4 @@
-"""Issue 12's one table: what each encoder option costs and what it keeps.
+"""The encoder options in one table: what each option costs and what it keeps.
 
 Every row is a checkpoint (optionally read at a Matryoshka prefix of ``dim`` dimensions).
 Quality comes from the results files its harnesses already wrote (QA retrieval,
