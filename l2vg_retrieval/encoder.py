@@ -199,19 +199,29 @@ class L2VGEncoder(torch.nn.Module):
             device=device,
             dtype=dtype,
         )
-        if meta["backbone_fingerprint"] != encoder.backbone_fingerprint:
-            raise CheckpointError(
-                f"checkpoint {folder} was trained on backbone '{config.backbone}' with weight "
-                f"fingerprint {meta['backbone_fingerprint']}, but the loaded backbone "
-                f"'{backbone.name}' has fingerprint {encoder.backbone_fingerprint}: the special "
-                "tokens only mean something to the exact weights they were trained with"
-            )
-        if int(meta["hidden_size"]) != encoder.hidden_size:
-            raise CheckpointError(
-                f"checkpoint hidden size {meta['hidden_size']} != backbone hidden size {encoder.hidden_size}"
-            )
+        encoder.check_checkpoint_meta(meta, folder)
         encoder.load_trainable_state(_load_weights(folder))
         return encoder
+
+    def check_checkpoint_meta(self, meta: dict[str, Any], folder: Path) -> None:
+        """Refuse a checkpoint trained on other backbone weights or another hidden size."""
+        if meta["backbone_fingerprint"] != self.backbone_fingerprint:
+            raise CheckpointError(
+                f"checkpoint {folder} was trained on backbone '{meta['config'].get('backbone')}' with "
+                f"weight fingerprint {meta['backbone_fingerprint']}, but the loaded backbone "
+                f"'{self.backbone.name}' has fingerprint {self.backbone_fingerprint}: the special "
+                "tokens only mean something to the exact weights they were trained with"
+            )
+        if int(meta["hidden_size"]) != self.hidden_size:
+            raise CheckpointError(
+                f"checkpoint hidden size {meta['hidden_size']} != backbone hidden size {self.hidden_size}"
+            )
+
+    def warm_start_from_checkpoint(self, folder: Path) -> list[str]:
+        """:meth:`warm_start_from` the tensors of a checkpoint folder, after the same checks
+        ``from_pretrained`` makes; returns the names that started fresh."""
+        self.check_checkpoint_meta(read_checkpoint_meta(folder), folder)
+        return self.warm_start_from(_load_weights(folder))
 
     def save_pretrained(self, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
         """Write only the trainable parts (safetensors) and a JSON config."""

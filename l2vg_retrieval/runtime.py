@@ -92,6 +92,16 @@ def large_blocks_from_the_os(threshold: int = 1 << 20) -> Iterator[bool]:
         release_free_memory()
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (monotonic: it never goes down)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kilobytes, macOS bytes.
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
 def release_free_memory() -> None:
     """Give freed heap memory back to the OS (glibc only; a no-op elsewhere).
 

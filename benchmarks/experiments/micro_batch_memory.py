@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ def run_steps(steps: int, tokens: int | None) -> dict[str, object]:
     import torch
 
     from l2vg_retrieval.encoder import L2VGEncoder
-    from l2vg_retrieval.runtime import resolve_dtype
+    from l2vg_retrieval.runtime import peak_rss_mb, resolve_dtype
     from l2vg_retrieval.training.config import load_train_config
     from l2vg_retrieval.training.queries import load_queries
     from l2vg_retrieval.training.responses import read_cache, seed_from
@@ -55,7 +54,7 @@ def run_steps(steps: int, tokens: int | None) -> dict[str, object]:
     targets = build_targets(responses, encoder.teacher, cache)
     examples = make_examples(encoder, responses, targets, ids, config.optim.max_response_tokens)
     trainer = Trainer(encoder, examples, config)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mb()
     losses, seconds = [], []
     for _ in range(steps):
         start = time.perf_counter()
@@ -66,7 +65,7 @@ def run_steps(steps: int, tokens: int | None) -> dict[str, object]:
         "micro_batch_size": config.optim.micro_batch_size,
         "micro_batch_tokens": tokens,
         "peak_rss_mb_before_training": round(before, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "seconds_per_step": round(sum(seconds) / len(seconds), 2),
         "align_losses": losses,
     }

@@ -18,13 +18,14 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+
+from .speed import timed
 
 HARNESSES = ("qa", "bright", "mteb", "harmful")
 PACKAGED = "packaged default"
@@ -142,12 +143,6 @@ def _load_encoders(checkpoints: Sequence[str], dtype: str) -> dict[str, Any]:
     return encoders
 
 
-def _seconds(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def measure_throughput(
     encoders: dict[str, Any],
     documents: Sequence[str],
@@ -165,11 +160,11 @@ def measure_throughput(
     runs: dict[str, dict[str, list[float]]] = {name: {"doc": [], "query": [], "lat": []} for name in encoders}
     for r in range(rounds):
         for name, encoder in encoders.items():
-            t = _seconds(lambda e=encoder: e.encode_document(list(documents), batch_size=batch_size))
+            t = timed(lambda e=encoder: e.encode_document(list(documents), batch_size=batch_size))
             runs[name]["doc"].append(len(documents) / t)
-            t = _seconds(lambda e=encoder: e.encode_query(list(queries), batch_size=batch_size))
+            t = timed(lambda e=encoder: e.encode_query(list(queries), batch_size=batch_size))
             runs[name]["query"].append(len(queries) / t)
-            singles = [_seconds(lambda e=encoder, q=q: e.encode_query(q)) for q in queries[:n_latency]]
+            singles = [timed(lambda e=encoder, q=q: e.encode_query(q)) for q in queries[:n_latency]]
             runs[name]["lat"].append(1000 * statistics.median(singles))
         if on_round:
             on_round(r + 1)
@@ -184,9 +179,9 @@ def measure_throughput(
 
 
 _PEAK_SCRIPT = """
-import json, os, resource, sys, threading
+import json, os, sys, threading
 from l2vg_retrieval.bench.options import _load_encoders
-from l2vg_retrieval.runtime import release_free_memory
+from l2vg_retrieval.runtime import peak_rss_mb, release_free_memory
 name, dtype, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 texts = json.loads(sys.stdin.read())
 encoder = _load_encoders([name], dtype)[name]
@@ -210,7 +205,7 @@ print(json.dumps({
     "rss_mb_loaded": round(before, 1),
     "peak_rss_mb_encoding": round(max(peak[0], rss()), 1),
     "encoding_extra_mb": round(max(peak[0], rss()) - before, 1),
-    "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    "process_peak_rss_mb": round(peak_rss_mb(), 1),
 }))
 """
 

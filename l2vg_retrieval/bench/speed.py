@@ -7,9 +7,7 @@ the figures to quote.
 
 from __future__ import annotations
 
-import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,16 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..runtime import peak_rss_mb
 from .bright import OFFLINE_DIR, load_local
 
 SPEED_MODELS = ("l2vg", "input-centric", "teacher", "generate-then-encode")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (monotonic: it never goes down)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports kilobytes, macOS bytes.
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def default_texts() -> list[str]:
@@ -34,7 +26,7 @@ def default_texts() -> list[str]:
     return [e["query"] for d in load_local(OFFLINE_DIR) for e in d.examples]
 
 
-def _timed(fn: Callable[[], Any]) -> float:
+def timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -52,11 +44,11 @@ def measure(
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
         batch_times.append(
-            (len(chunk), _timed(lambda c=chunk: encoder.encode_query(c, batch_size=batch_size)))
+            (len(chunk), timed(lambda c=chunk: encoder.encode_query(c, batch_size=batch_size)))
         )
     total = sum(t for _, t in batch_times)
     full = [t for n, t in batch_times if n == batch_size]
-    singles = [_timed(lambda t=t: encoder.encode_query(t, batch_size=1)) for t in texts[:n_latency]]
+    singles = [timed(lambda t=t: encoder.encode_query(t, batch_size=1)) for t in texts[:n_latency]]
     return {
         "n_texts": len(texts),
         "texts_per_s": len(texts) / total,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import resource
 import shutil
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..encoder import CheckpointError
-from ..runtime import release_free_memory
+from ..runtime import peak_rss_mb, release_free_memory
 from ..training.state import flatten_optimizer, restore_optimizer, truncate_log
 from .config import StageConfig
 from .lora import adapter_tensors, load_adapter_tensors, sha256_file
@@ -243,7 +242,7 @@ class StageRunner:
             steps=self.step,
             final_loss=loss,
             wall_seconds=clock + time.time() - started,
-            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            peak_rss_mb=peak_rss_mb(),
             resumed_from_step=resumed,
             log_path=self.log_path,
             last_eval=last_eval,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,9 @@ from typing import Any
 import torch
 
 from ..backbones import LoadedBackbone, LoadedTeacher, load_backbone
-from ..config import OPTION_FIELDS
-from ..encoder import L2VGEncoder
-from ..runtime import resolve_device, resolve_dtype
+from ..config import OPTION_FIELDS, EncoderConfig
+from ..encoder import L2VGEncoder, read_checkpoint_meta
+from ..runtime import peak_rss_mb, resolve_device, resolve_dtype
 from .config import TrainConfig
 from .evaluate import curve_evaluator, evaluate_heldout, format_table
 from .queries import load_queries
@@ -79,11 +78,11 @@ def run_training(
         show_progress_bar=show_progress_bar,
     )
     response_seconds = time.time() - t0
-    peak_mb = {"responses": _peak_rss_mb()}
+    peak_mb = {"responses": round(peak_rss_mb(), 1)}
     t1 = time.time()
     targets = build_targets(responses, encoder.teacher, config.targets_path)
     target_seconds = time.time() - t1
-    peak_mb["targets"] = _peak_rss_mb()
+    peak_mb["targets"] = round(peak_rss_mb(), 1)
 
     train_ids = [str(r["id"]) for r in train_rows]
     examples = make_examples(encoder, responses, targets, train_ids, config.optim.max_response_tokens)
@@ -92,7 +91,7 @@ def run_training(
     # Learning curves: held-out alignment and response retrieval every eval_every steps.
     curve = curve_evaluator(rows, teacher=encoder.teacher) if rows and config.eval_every else None
     result = trainer.run(show_progress_bar=show_progress_bar, evaluate=curve)
-    peak_mb["training"] = _peak_rss_mb()
+    peak_mb["training"] = round(peak_rss_mb(), 1)
 
     sgd_head_scores = None
     refit_info: dict[str, Any] | None = None
@@ -108,7 +107,7 @@ def run_training(
         t2 = time.time()
         refit_info = refit_alignment_head(encoder, refit_examples, prompts, seed=config.seed)
         refit_info["seconds"] = round(time.time() - t2, 1)
-        peak_mb["refit"] = _peak_rss_mb()
+        peak_mb["refit"] = round(peak_rss_mb(), 1)
 
     final_dir = out / "final"
     summary: dict[str, Any] = {
@@ -140,18 +139,14 @@ def run_training(
         (out / "heldout_eval.json").write_text(json.dumps(report, indent=2))
         (out / "heldout_eval.md").write_text(format_table(report) + "\n")
         summary["heldout"] = {k: v for k, v in report.items() if k != "decoded"}
-        peak_mb["evaluation"] = _peak_rss_mb()
-    summary["peak_rss_mb"] = _peak_rss_mb()
+        peak_mb["evaluation"] = round(peak_rss_mb(), 1)
+    summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
     # The process peak so far after each stage: the first stage where it jumps is the culprit.
     summary["peak_rss_mb_after"] = peak_mb
     summary["total_seconds"] = round(time.time() - started, 1)
     encoder.save_pretrained(final_dir, extra={"training": summary})
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _encoder_from(
@@ -170,22 +165,22 @@ def _encoder_from(
     so options are compared at an equal training budget from the same starting point.
     Anything else (tokens, backbone, teacher, LoRA) is refused: those tensors would not fit.
     """
-    trained = L2VGEncoder.from_pretrained(init_from, backbone=backbone, teacher=teacher, dtype=dtype)
+    saved = EncoderConfig.model_validate(read_checkpoint_meta(init_from)["config"])
     ignore = {"document_mode"}
-    if trained.config.model_dump(exclude=ignore) == config.encoder.model_dump(exclude=ignore):
-        return trained
+    if saved.model_dump(exclude=ignore) == config.encoder.model_dump(exclude=ignore):
+        return L2VGEncoder.from_pretrained(init_from, backbone=backbone, teacher=teacher, dtype=dtype)
     core = ignore | set(OPTION_FIELDS)
-    if trained.config.model_dump(exclude=core) != config.encoder.model_dump(exclude=core):
+    if saved.model_dump(exclude=core) != config.encoder.model_dump(exclude=core):
         raise ValueError(
             f"init_from checkpoint {init_from} has a different encoder config than {config.output_dir} "
             f"beyond the option fields ({', '.join(OPTION_FIELDS)})"
         )
-    if trained.config.teacher_rotation != config.encoder.teacher_rotation or config.encoder.truncate_dim:
+    if saved.teacher_rotation != config.encoder.teacher_rotation or config.encoder.truncate_dim:
         raise ValueError("a warm start cannot change teacher_rotation or train with truncate_dim set")
-    encoder = L2VGEncoder.from_config(
-        config.encoder, backbone=backbone, teacher=trained.teacher.teacher, dtype=dtype
-    )
-    fresh = encoder.warm_start_from(trained.trainable_state())
+    # Built once, with the new options, and given the checkpoint's tensors: no second encoder
+    # (and no second LoRA injected into the shared backbone) just to read them.
+    encoder = L2VGEncoder.from_config(config.encoder, backbone=backbone, teacher=teacher, dtype=dtype)
+    fresh = encoder.warm_start_from_checkpoint(init_from)
     logger.info("warm start from %s; option modules starting fresh: %s", init_from, fresh or "none")
     return encoder
 

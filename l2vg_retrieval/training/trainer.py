@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import re
-import resource
 import shutil
 import time
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..encoder import L2VGEncoder
-from ..runtime import release_free_memory
+from ..runtime import peak_rss_mb, release_free_memory
 from .config import TrainConfig
 from .state import flatten_optimizer, restore_optimizer, truncate_log
 
@@ -360,7 +359,7 @@ class Trainer:
             final_recon=recon,
             final_align=align,
             wall_seconds=offset + time.time() - start,
-            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            peak_rss_mb=peak_rss_mb(),
             checkpoint=self.latest_checkpoint() or self.save_checkpoint(),
             resumed_from_step=self.resumed_from_step,
         )
