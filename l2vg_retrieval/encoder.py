@@ -252,8 +252,15 @@ class L2VGEncoder(torch.nn.Module):
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Everything training may change: special tokens, heads, the encoder LoRA."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return params + (self.adapter.parameters() if self.adapter is not None else [])
+        return [p for _, p in self.named_trainable_parameters()]
+
+    def named_trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """``trainable_parameters`` with the names their checkpoint tensors carry (whether or
+        not a run has frozen some of them: the backbone is not registered here)."""
+        named = list(self.named_parameters())
+        if self.adapter is not None:
+            named += [(f"encoder_lora.{k}", p) for k, p in self.adapter._params.items()]
+        return named
 
     def clear_caches(self) -> None:
         """Forget cached prefix states: needed whenever the encoding pass's weights change.

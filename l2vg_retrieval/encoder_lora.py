@@ -57,6 +57,7 @@ class EncoderAdapter:
             raise ValueError(
                 f"no module of the backbone matched the LoRA target_modules {settings.target_modules}"
             )
+        self._frozen: set[str] = set()
         self._set(False)
         self._merged_cache: tuple[tuple[object, ...], list[torch.nn.Parameter]] | None = None
 
@@ -68,8 +69,16 @@ class EncoderAdapter:
                 layer.set_adapter(self.name)
             # peft's switch: with adapters disabled the layer is its base layer exactly.
             layer.enable_adapters(enabled)
-        for param in self._params.values():
-            param.requires_grad_(True)
+        # peft's switch also clears requires_grad; put back ours (a frozen tensor stays so).
+        for key, param in self._params.items():
+            param.requires_grad_(key not in self._frozen)
+
+    def freeze(self, keys: set[str]) -> None:
+        """Keep these LoRA tensors (names as in ``state()``, without the prefix) out of
+        training: a run that trains other parts records no graph for them."""
+        self._frozen = set(keys) & set(self._params)
+        for key, param in self._params.items():
+            param.requires_grad_(key not in self._frozen)
 
     @contextmanager
     def active(self) -> Iterator[None]:

@@ -36,9 +36,10 @@ def _examples(encoder, n: int = 8) -> list[TrainExample]:
     generator = torch.Generator().manual_seed(0)
     out = []
     for i in range(n):
-        ids = encoder.tokenizer(QUERIES[(i + 1) % len(QUERIES)], add_special_tokens=False)["input_ids"]
+        response = QUERIES[(i + 1) % len(QUERIES)]
+        ids = encoder.tokenizer(response, add_special_tokens=False)["input_ids"]
         target = torch.nn.functional.normalize(torch.randn(encoder.dim, generator=generator), dim=0)
-        out.append(TrainExample(QUERIES[i % len(QUERIES)], (*ids, eos), target))
+        out.append(TrainExample(QUERIES[i % len(QUERIES)], (*ids, eos), target, response))
     return out
 
 
@@ -322,6 +323,68 @@ def test_token_capped_micro_batches_give_the_full_batch_update(
     assert abs(align_full - align_capped) < 1e-6
     for key, value in state_full.items():
         assert torch.allclose(value, state_capped[key], atol=1e-6), key
+
+
+def test_document_loss_trains_exactly_the_generative_document_path() -> None:
+    """The document-side loss is 1 - cos between the target and what encode_document
+    returns for the response text at inference, and a step on it lowers it."""
+    from l2vg_retrieval.training.trainer import document_alignment_loss
+
+    encoder = build_tiny_encoder()
+    batch = _examples(encoder, 4)
+    with torch.no_grad():
+        loss = document_alignment_loss(encoder, batch, align_kind="cosine")
+    served = torch.as_tensor(
+        encoder.encode_document([ex.response for ex in batch], normalize_embeddings=False)
+    )
+    targets = torch.stack([ex.target for ex in batch])
+    expected = (1 - torch.nn.functional.cosine_similarity(served, targets, dim=-1)).mean()
+    assert abs(float(loss) - float(expected)) < 1e-5
+    # A query-side loss on the same examples reads other text with another prompt.
+    with torch.no_grad():
+        _, query_side = compute_losses(encoder, batch, [None] * 4, align_kind="cosine", with_recon=False)
+    assert abs(float(query_side) - float(loss)) > 1e-4
+
+    params = encoder.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    document_alignment_loss(encoder, batch, align_kind="cosine").backward()
+    optimizer.step()
+    with torch.no_grad():
+        assert document_alignment_loss(encoder, batch, align_kind="cosine") < loss
+    with pytest.raises(ValueError, match="response text"):
+        document_alignment_loss(encoder, [TrainExample("q", (5,), batch[0].target)], align_kind="cosine")
+
+
+def test_document_loss_is_logged_and_splits_over_token_capped_micro_batches(tmp_path: Path) -> None:
+    results = []
+    for cap in (None, 40):
+        trainer = _alignment_trainer(tmp_path / str(cap), micro_batch_tokens=cap)
+        trainer.config = trainer.config.model_copy(update={"document_align_weight": 0.5})
+        _, align = trainer.train_step()
+        assert trainer.last_document_align is not None and trainer.last_document_align > 0
+        results.append((align, trainer.last_document_align, trainer.encoder.trainable_state()))
+    (align_a, doc_a, state_a), (align_b, doc_b, state_b) = results
+    assert abs(align_a - align_b) < 1e-6 and abs(doc_a - doc_b) < 1e-6
+    for key, value in state_a.items():
+        assert torch.allclose(value, state_b[key], atol=1e-6), key
+    # Without the document term, the same step moves the weights elsewhere.
+    plain = _alignment_trainer(tmp_path / "plain")
+    plain.train_step()
+    assert plain.last_document_align is None
+    assert any(
+        not torch.allclose(v, state_a[k], atol=1e-6) for k, v in plain.encoder.trainable_state().items()
+    )
+
+
+def test_refit_with_documents_solves_for_query_and_document_rows() -> None:
+    from l2vg_retrieval.training.refit import refit_alignment_head
+
+    encoder = build_tiny_encoder()
+    examples = _examples(encoder, 12)
+    info = refit_alignment_head(
+        encoder, examples, [None, "retrieve:"], ridges=(1e-3,), document_prompt=encoder.config.document_prompt
+    )
+    assert info["refit_rows"] == 36
 
 
 def test_micro_batch_groups_respect_both_caps_and_keep_every_example_once() -> None:
@@ -673,3 +736,33 @@ def test_trainer_run_leaves_every_backbone_tensor_bit_identical(tmp_path: Path, 
     state = encoder.trainable_state()
     assert all(not torch.equal(state[k], v) for k, v in trainable_before.items())
     assert any(k.startswith("encoder_lora.") for k in state) == (lora is not None)
+
+
+def test_train_only_the_reconstruction_head_leaves_the_embedding_features_fixed(tmp_path: Path) -> None:
+    """A decoding phase: only recon_head moves (tokens, LoRA and the alignment head stay
+    bit-identical), and the reconstruction loss falls."""
+    from l2vg_retrieval.training.trainer import select_parameters
+
+    encoder = build_tiny_encoder(encoder_lora={"r": 4, "alpha": 8})
+    config = _config_with(tmp_path, train_only=["recon_head"], align_weight=0.0, recon_weight=1.0)
+    config.output_dir.mkdir(parents=True)
+    before = {k: v.clone() for k, v in encoder.trainable_state().items()}
+    trainer = Trainer(encoder, _examples(encoder), config)
+    assert len(trainer.params) == 2  # recon_head.weight and .bias
+    batch = _examples(encoder, 4)
+    with torch.no_grad():
+        recon0, _ = compute_losses(encoder, batch, [None] * 4)
+    for _ in range(3):
+        trainer.train_step()
+    with torch.no_grad():
+        recon1, _ = compute_losses(encoder, batch, [None] * 4)
+    assert recon1 < recon0
+    after = encoder.trainable_state()
+    moved = sorted(k for k, v in before.items() if not torch.equal(v, after[k]))
+    assert moved == ["recon_head.bias", "recon_head.weight"]
+    # The frozen LoRA got no gradient at all: autograd never recorded the encoding pass for it.
+    assert all(
+        p.grad is None for n, p in encoder.named_trainable_parameters() if n.startswith("encoder_lora.")
+    )
+    with pytest.raises(ValueError, match="matches no trainable tensor"):
+        select_parameters(build_tiny_encoder(), ["no_such_part"])

@@ -82,6 +82,22 @@ class TrainConfig(StrictModel):
         "(MiniLM, 384-d) it is ~0.004 beside a reconstruction CE of ~1.7 and barely moves the "
         "tokens; 'cosine' (1 - cos) is scale-free and is what retrieval scores",
     )
+    document_align_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of a second alignment term on the document side: the student's "
+        "embedding of the response text itself (document prompt) aligned to the teacher's "
+        "embedding of it, as the reference's answer-side sub-loss does; one more encoding pass "
+        "per example, no generation. 0 = off",
+    )
+    train_only: tuple[str, ...] | None = Field(
+        None,
+        min_length=1,
+        description="train only the parts whose tensor names start with these prefixes, e.g. "
+        "['recon_head'] for a decoding phase: with the tokens and the encoder LoRA fixed the "
+        "embedding's features cannot move, and the closed-form refit re-solves the alignment "
+        "head for the new soft prompts; None = every trainable part",
+    )
     align_only_steps: int = Field(
         0,
         ge=0,

@@ -105,7 +105,13 @@ def run_training(
             pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(config.seed))
             refit_examples = [examples[i] for i in pick[: config.refit_max_examples].tolist()]
         t2 = time.time()
-        refit_info = refit_alignment_head(encoder, refit_examples, prompts, seed=config.seed)
+        refit_info = refit_alignment_head(
+            encoder,
+            refit_examples,
+            prompts,
+            seed=config.seed,
+            document_prompt=config.encoder.document_prompt if config.document_align_weight > 0 else None,
+        )
         refit_info["seconds"] = round(time.time() - t2, 1)
         peak_mb["refit"] = round(peak_rss_mb(), 1)
 

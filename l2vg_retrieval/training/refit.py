@@ -69,19 +69,26 @@ def refit_alignment_head(
     validation_fraction: float = 0.1,
     seed: int = 0,
     batch_size: int = 32,
+    document_prompt: str | None = None,
 ) -> dict[str, Any]:
     """Solve the alignment head by ridge regression over every (example, prompt) pair.
+
+    With ``document_prompt`` (a run trained with the document-side loss) each example also
+    contributes its response text read with that prompt, toward the same target: the head
+    is shared by queries and generative documents, so it is solved for both.
 
     The ridge strength is chosen on a seeded validation slice of the *training* examples
     (never the held-out evaluation queries), then the head is solved on all of them.
     The solved head replaces the current one only if it has the higher validation cosine.
     Returns the alignment MSE before and after, the chosen ridge and whether it was kept.
     """
+    views = [([ex.query for ex in examples], prompt) for prompt in prompts]
+    if document_prompt is not None:
+        views.append(([ex.response for ex in examples], document_prompt))
     features = []
     targets = []
-    for prompt in prompts:
-        queries = [ex.query for ex in examples]
-        features.append(mean_soft_prompts(encoder, queries, prompt, batch_size=batch_size))
+    for texts, prompt in views:
+        features.append(mean_soft_prompts(encoder, texts, prompt, batch_size=batch_size))
         targets.append(torch.stack([ex.target.float() for ex in examples]))
     x = torch.cat(features).double()
     y = torch.cat(targets).double()
@@ -92,7 +99,7 @@ def refit_alignment_head(
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     is_val = torch.zeros(n, dtype=torch.bool)
     is_val[perm[: max(1, int(n * validation_fraction))]] = True
-    is_val = is_val.repeat(len(prompts))
+    is_val = is_val.repeat(len(views))
     scores = {}
     for ridge in ridges:
         weight, bias = _solve(x[~is_val], y[~is_val], ridge)

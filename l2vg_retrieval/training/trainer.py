@@ -40,6 +40,7 @@ class TrainExample:
     query: str
     response_ids: tuple[int, ...]  # ends with the backbone's EOS when the response finished
     target: torch.Tensor
+    response: str = ""  # the response text, for the document-side alignment loss
 
 
 @dataclass
@@ -71,7 +72,7 @@ def make_examples(
         tokens = tokens[:max_response_tokens] + ([eos] if finished else [])
         if not tokens:
             continue
-        examples.append(TrainExample(row["query"], tuple(tokens), targets[row_id]))
+        examples.append(TrainExample(row["query"], tuple(tokens), targets[row_id], row["response"]))
     return examples
 
 
@@ -144,6 +145,23 @@ def compute_losses(
     return recon, align
 
 
+def document_alignment_loss(
+    encoder: L2VGEncoder, batch: list[TrainExample], *, align_kind: str = "mse"
+) -> torch.Tensor:
+    """The document side: the student's embedding of the *response text itself*, read with
+    the document prompt, aligned to the teacher's embedding of that same text (the target
+    the query is aligned to). Generative documents are embedded exactly this way, so this
+    trains the path documents take, and it gives the encoding LoRA a plain
+    text-to-teacher distillation signal beside the harder query-to-answer one."""
+    if any(not ex.response for ex in batch):
+        raise ValueError("the document alignment loss needs each example's response text")
+    ids = encoder.tokenize([ex.response for ex in batch], encoder.config.document_prompt)
+    soft = encoder.soft_prompts_from_ids(ids)
+    embedding = encoder.embed_soft_prompts(soft)
+    targets = torch.stack([ex.target for ex in batch]).to(embedding.device)
+    return alignment_loss(embedding, targets, align_kind)
+
+
 def split_micro_batches(
     n: int, *, max_items: int | None, max_tokens: int | None, lengths: Sequence[int] | None
 ) -> list[list[int]]:
@@ -171,6 +189,29 @@ def split_micro_batches(
         else:
             group.append(i)
     return groups
+
+
+def select_parameters(encoder: L2VGEncoder, prefixes: Sequence[str] | None) -> list[torch.nn.Parameter]:
+    """The parameters a run trains; with ``prefixes`` the others get ``requires_grad=False``
+    (an unknown prefix is an error, not a run that silently trains nothing)."""
+    named = encoder.named_trainable_parameters()
+    if prefixes is None:
+        return [p for _, p in named]
+    unknown = [pre for pre in prefixes if not any(n.startswith(pre) for n, _ in named)]
+    if unknown:
+        names = sorted({n.split(".")[0] for n, _ in named})
+        raise ValueError(f"train_only {unknown} matches no trainable tensor (parts: {names})")
+    chosen, frozen_lora = [], set()
+    for name, param in named:
+        keep = name.startswith(tuple(prefixes))
+        param.requires_grad_(keep)
+        if keep:
+            chosen.append(param)
+        elif name.startswith("encoder_lora."):
+            frozen_lora.add(name.removeprefix("encoder_lora."))
+    if encoder.adapter is not None:
+        encoder.adapter.freeze(frozen_lora)  # its enable/disable switch resets requires_grad
+    return chosen
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -207,12 +248,15 @@ class Trainer:
         self.encoder = encoder
         self.examples = examples
         self.config = config
-        # Every trainable part, including option modules (latent pooling, a learned exit norm).
-        self.params = encoder.trainable_parameters()
+        # Every trainable part, including option modules (latent pooling, a learned exit
+        # norm), or only those named by ``train_only``; the rest is frozen for the run so
+        # autograd does not even record the passes that only they would need.
+        self.params = select_parameters(encoder, config.train_only)
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.optim.lr, weight_decay=config.optim.weight_decay
         )
         self.step = 0
+        self.last_document_align: float | None = None  # the last step's document-side loss
         self.resumed_from_step: int | None = None
         self.checkpoint_dir = config.output_dir / "checkpoints"
         self.log_path = config.output_dir / "loss_log.jsonl"
@@ -237,7 +281,8 @@ class Trainer:
             lengths = [
                 self._tokens(ex, prompt, with_recon) for ex, prompt in zip(batch, prompts, strict=True)
             ]
-        recon_sum, align_sum = 0.0, 0.0
+        with_document = config.document_align_weight > 0
+        recon_sum, align_sum, document_sum = 0.0, 0.0, 0.0
         for part in split_micro_batches(
             len(batch),
             max_items=config.optim.micro_batch_size,
@@ -257,6 +302,12 @@ class Trainer:
             if recon is not None:
                 loss = loss + config.recon_weight * recon
                 recon_sum += share * float(recon.detach())
+            if with_document:
+                document = document_alignment_loss(
+                    self.encoder, [batch[i] for i in part], align_kind=config.align_loss
+                )
+                loss = loss + config.document_align_weight * document
+                document_sum += share * float(document.detach())
             (share * loss).backward()
             align_sum += share * float(align.detach())
         torch.nn.utils.clip_grad_norm_(self.params, config.optim.grad_clip)
@@ -265,6 +316,7 @@ class Trainer:
         # Cached prefix states were computed with the old weights (LoRA).
         self.encoder.clear_caches()
         self.step += 1
+        self.last_document_align = document_sum if with_document else None
         # One step can leave gigabytes of freed activations fragmented in glibc's heap; a
         # trim costs milliseconds (runtime.release_free_memory).
         release_free_memory()
@@ -277,6 +329,10 @@ class Trainer:
         n = len(encoder.tokenize([example.query], prompt)[0]) + encoder.config.n_special
         if with_recon:
             n += encoder.config.n_compression + len(example.response_ids)
+        if self.config.document_align_weight > 0:
+            # The document pass: prompt, answer text and special tokens again.
+            n += len(encoder.tokenize([example.response], encoder.config.document_prompt)[0])
+            n += encoder.config.n_special
         return n
 
     # -------------------------------------------------------------- checkpoints
@@ -343,6 +399,11 @@ class Trainer:
                     "step": self.step,
                     "recon": round(recon, 5) if recon is not None else None,
                     "align": round(align, 7),
+                    **(
+                        {"document_align": round(self.last_document_align, 7)}
+                        if self.last_document_align is not None
+                        else {}
+                    ),
                     "lr": lr_at(self.step - 1, config),
                     "elapsed": round(offset + time.time() - start, 2),
                 }
