@@ -688,6 +688,54 @@ def test_killed_training_resumes_at_its_checkpoint_with_the_uninterrupted_result
     assert summary["refit"]["kept_refit"] == reference_summary["refit"]["kept_refit"]
 
 
+def test_document_stage_then_decoding_phase_through_the_pipeline(
+    uninterrupted_run: tuple[Path, dict], tmp_path: Path, tiny_model_dirs: tuple[Path, Path]
+) -> None:
+    """The default's last two stages on the tiny model: the document-side term (logged,
+    refit over query and document rows), then a decoding phase in which only the
+    reconstruction head trains and the refit re-solves the alignment head."""
+    import yaml
+
+    from l2vg_retrieval.training.pipeline import run_training
+
+    run, _ = uninterrupted_run
+    documents = _write_pipeline_config(tmp_path / "documents", tiny_model_dirs, align_only_steps=2)
+    raw = yaml.safe_load(documents.read_text())
+    raw["optim"]["steps"] = 2
+    raw["document_align_weight"] = 1.0
+    documents.write_text(yaml.safe_dump(raw))
+    summary = run_training(
+        load_train_config(documents),
+        init_from=run / "final",
+        evaluate_baselines=False,
+        show_progress_bar=False,
+    )
+    log = [
+        json.loads(line)
+        for line in (tmp_path / "documents" / "run" / "loss_log.jsonl").read_text().splitlines()
+    ]
+    assert all(r["document_align"] > 0 for r in log)
+    assert summary["refit"]["refit_rows"] == 3 * summary["train_examples"]
+
+    decode = _write_pipeline_config(tmp_path / "decode", tiny_model_dirs, align_only_steps=0)
+    raw = yaml.safe_load(decode.read_text())
+    raw["optim"]["steps"] = 2
+    raw.update(train_only=["recon_head"], align_weight=0.0, refit_documents=True)
+    decode.write_text(yaml.safe_dump(raw))
+    summary = run_training(
+        load_train_config(decode),
+        init_from=tmp_path / "documents" / "run" / "final",
+        evaluate_baselines=False,
+        show_progress_bar=False,
+    )
+    assert summary["refit"]["refit_rows"] == 3 * summary["train_examples"]
+    before = _weights(tmp_path / "documents" / "run" / "final")
+    after = _weights(tmp_path / "decode" / "run" / "final")
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {"recon_head.weight", "recon_head.bias"} <= moved
+    assert moved <= {"recon_head.weight", "recon_head.bias", "align_head.weight", "align_head.bias"}
+
+
 # ---------------------------------------------------------------- frozen means frozen
 def _backbone_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The base weights by their original names (a LoRA wraps them as '...base_layer...')."""

@@ -130,7 +130,13 @@ def _card(
         f"- steps {summary['steps']} ({config.get('align_only_steps', 0)} alignment-only, then joint), "
         f"batch {opt['batch_size']}, lr {opt['lr']} (warm-up {opt['warmup_steps']}, linear decay), "
         f"loss = {config['recon_weight']}·recon + {config['align_weight']}·align "
-        f"({config.get('align_loss', 'mse')}), dtype {summary['dtype']}",
+        + (
+            f"+ {config['document_align_weight']}·document align (the response text, document prompt) "
+            if config.get("document_align_weight")
+            else ""
+        )
+        + f"({config.get('align_loss', 'mse')}), dtype {summary['dtype']}"
+        + (f"; only {', '.join(config['train_only'])} trained" if config.get("train_only") else ""),
         f"- training examples {summary['train_examples']} (responses ≤ "
         f"{config['responses']['max_new_tokens']} new tokens, greedy, chat template), "
         f"held-out queries {summary['heldout_queries']}",

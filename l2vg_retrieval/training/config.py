@@ -123,6 +123,12 @@ class TrainConfig(StrictModel):
         description="after training, solve the alignment head in closed form (ridge) for the same "
         "MSE objective; see training/refit.py",
     )
+    refit_documents: bool | None = Field(
+        None,
+        description="also give the refit each example's response text read with the document "
+        "prompt (the head is shared by queries and generative documents); None = when "
+        "document_align_weight > 0",
+    )
     matryoshka_dims: tuple[int, ...] | None = Field(
         None,
         min_length=1,
@@ -147,6 +153,12 @@ class TrainConfig(StrictModel):
         if dims is not None and (min(dims) < 1 or len(set(dims)) != len(dims)):
             raise ValueError(f"matryoshka_dims must be distinct positive sizes, got {list(dims)}")
         return self
+
+    @property
+    def refit_with_documents(self) -> bool:
+        if self.refit_documents is not None:
+            return self.refit_documents
+        return self.document_align_weight > 0
 
     @property
     def responses_path(self) -> Path:

@@ -110,7 +110,7 @@ def run_training(
             refit_examples,
             prompts,
             seed=config.seed,
-            document_prompt=config.encoder.document_prompt if config.document_align_weight > 0 else None,
+            document_prompt=config.encoder.document_prompt if config.refit_with_documents else None,
         )
         refit_info["seconds"] = round(time.time() - t2, 1)
         peak_mb["refit"] = round(peak_rss_mb(), 1)
