@@ -26,7 +26,14 @@ def plot_losses(log_path: Path, out_png: Path) -> None:
     recon = [float("nan") if r["recon"] is None else r["recon"] for r in rows]
     ax1.plot(steps, recon, color="tab:blue", lw=1)
     ax1.set(title="reconstruction CE", xlabel="step", ylabel="nats/token")
-    ax2.plot(steps, [r["align"] for r in rows], color="tab:orange", lw=1)
+    if all(r["recon"] is None for r in rows):
+        ax1.text(0.5, 0.5, "alignment-only run:\nno reconstruction pass", ha="center", va="center",
+                 transform=ax1.transAxes)  # fmt: skip
+    ax2.plot(steps, [r["align"] for r in rows], color="tab:orange", lw=1, label="queries")
+    if any("document_align" in r for r in rows):
+        documents = [r.get("document_align", float("nan")) for r in rows]
+        ax2.plot(steps, documents, color="tab:brown", lw=1, label="documents (response text)")
+        ax2.legend(fontsize=8)
     ax2.set(title=f"alignment loss ({config_align_loss(log_path)})", xlabel="step")
     if evals:
         ax3 = axes[2]
