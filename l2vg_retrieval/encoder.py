@@ -259,7 +259,7 @@ class L2VGEncoder(torch.nn.Module):
         not a run has frozen some of them: the backbone is not registered here)."""
         named = list(self.named_parameters())
         if self.adapter is not None:
-            named += [(f"encoder_lora.{k}", p) for k, p in self.adapter._params.items()]
+            named += [(f"encoder_lora.{k}", p) for k, p in self.adapter.named_parameters()]
         return named
 
     def clear_caches(self) -> None:

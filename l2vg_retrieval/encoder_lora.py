@@ -141,6 +141,10 @@ class EncoderAdapter:
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self._params.values())
 
+    def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """``(name, tensor)`` with the names ``state()`` uses, without its prefix."""
+        return list(self._params.items())
+
     def state(self) -> dict[str, torch.Tensor]:
         return {f"encoder_lora.{k}": v for k, v in self._params.items()}
 
