@@ -125,6 +125,21 @@ def check_matryoshka_dims(dims: Sequence[int] | None, full: int) -> None:
         raise ValueError(f"matryoshka_dims {too_big} exceed the embedding's {full} dimensions")
 
 
+def _aligned(
+    encoder: L2VGEncoder,
+    ids: list[list[int]],
+    batch: list[TrainExample],
+    align_kind: str,
+    matryoshka_dims: Sequence[int] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(soft prompts, alignment loss to the batch's targets) for already-tokenized inputs:
+    the one path both the query side and the document side are trained through."""
+    soft = encoder.soft_prompts_from_ids(ids)
+    embedding = encoder.embed_soft_prompts(soft)
+    targets = torch.stack([ex.target for ex in batch]).to(embedding.device)
+    return soft, nested_alignment_loss(embedding, targets, align_kind, matryoshka_dims)
+
+
 def compute_losses(
     encoder: L2VGEncoder,
     batch: list[TrainExample],
@@ -137,29 +152,29 @@ def compute_losses(
     """(reconstruction CE or None when skipped, alignment loss) for one batch; with
     ``matryoshka_dims`` the alignment loss is averaged over those prefixes."""
     ids = [encoder.tokenize([ex.query], prompt)[0] for ex, prompt in zip(batch, prompts, strict=True)]
-    soft = encoder.soft_prompts_from_ids(ids)
-    embedding = encoder.embed_soft_prompts(soft)
-    targets = torch.stack([ex.target for ex in batch]).to(embedding.device)
-    align = nested_alignment_loss(embedding, targets, align_kind, matryoshka_dims)
+    soft, align = _aligned(encoder, ids, batch, align_kind, matryoshka_dims)
     recon = reconstruction_loss(encoder, soft, [ex.response_ids for ex in batch]) if with_recon else None
     return recon, align
 
 
 def document_alignment_loss(
-    encoder: L2VGEncoder, batch: list[TrainExample], *, align_kind: str = "mse"
+    encoder: L2VGEncoder,
+    batch: list[TrainExample],
+    *,
+    align_kind: str = "mse",
+    matryoshka_dims: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """The document side: the student's embedding of the *response text itself*, read with
     the document prompt, aligned to the teacher's embedding of that same text (the target
     the query is aligned to). Generative documents are embedded exactly this way, so this
     trains the path documents take, and it gives the encoding LoRA a plain
-    text-to-teacher distillation signal beside the harder query-to-answer one."""
+    text-to-teacher distillation signal beside the harder query-to-answer one. With
+    ``matryoshka_dims`` it is nested like the query side, so truncated document vectors are
+    trained as embeddings too."""
     if any(not ex.response for ex in batch):
         raise ValueError("the document alignment loss needs each example's response text")
     ids = encoder.tokenize([ex.response for ex in batch], encoder.config.document_prompt)
-    soft = encoder.soft_prompts_from_ids(ids)
-    embedding = encoder.embed_soft_prompts(soft)
-    targets = torch.stack([ex.target for ex in batch]).to(embedding.device)
-    return alignment_loss(embedding, targets, align_kind)
+    return _aligned(encoder, ids, batch, align_kind, matryoshka_dims)[1]
 
 
 def split_micro_batches(
@@ -304,7 +319,10 @@ class Trainer:
                 recon_sum += share * float(recon.detach())
             if with_document:
                 document = document_alignment_loss(
-                    self.encoder, [batch[i] for i in part], align_kind=config.align_loss
+                    self.encoder,
+                    [batch[i] for i in part],
+                    align_kind=config.align_loss,
+                    matryoshka_dims=config.matryoshka_dims,
                 )
                 loss = loss + config.document_align_weight * document
                 document_sum += share * float(document.detach())
