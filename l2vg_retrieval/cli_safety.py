@@ -80,6 +80,13 @@ def register(app: typer.Typer) -> None:
                 "validation rows must meet the FPR target on its own, not only pooled",
             ),
         ] = 50,
+        screen_probe: Annotated[
+            str,
+            typer.Option(
+                help="the document screen's probe: lda (shrinkage discriminant, shrinkage chosen by "
+                "recall on harm categories held out of the fit; default) or logistic"
+            ),
+        ] = "lda",
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
         """Fit the gate and screen on labelled harmful/benign prompts and passages; store them.
@@ -89,16 +96,19 @@ def register(app: typer.Typer) -> None:
         harmful rows and benign look-alikes) and "domain" (harmful, lookalike, technical,
         general) make the validation fold and the per-family FPR targets as broad as your data."""
         from .encoder import DEFAULT_CHECKPOINT
-        from .safety import calibrate
+        from .safety import PROBE_KINDS, calibrate
         from .safety_data import load_calibration_set
 
+        if screen_probe not in PROBE_KINDS:
+            fail(f"--screen-probe must be one of {', '.join(PROBE_KINDS)}, got {screen_probe!r}")
         encoder = load_encoder(model, dtype)
         try:
             rows = load_calibration_set(data)
             calibration = calibrate(
                 encoder, rows, seed=seed, max_fpr_query=max_fpr_query, max_fpr_doc=max_fpr_doc,
                 refusal_signal=refusal_signal, probe_layer=probe_layer, min_family_size=min_family_size,
-                doc_spaces=doc_space or None, show_progress_bar=True,
+                doc_spaces=doc_space or None, screen_probe=screen_probe,  # type: ignore[arg-type]
+                show_progress_bar=True,
             )  # fmt: skip
         except (OSError, ValueError) as exc:
             fail(str(exc))

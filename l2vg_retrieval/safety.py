@@ -3,8 +3,9 @@
 Why this shape. A generative embedding is the teacher-space vector of what the LLM would
 answer, so a harmful request tends to land near the model's refusals. SmolLM2-135M refuses
 only about a quarter of clearly harmful requests, though, so closeness to a refusal alone
-catches too little. Both halves therefore use a small calibrated logistic-regression probe
-on the encoder's own vectors:
+catches too little. Both halves therefore use a small calibrated linear probe on the
+encoder's own states (the gate a logistic regression, the screen a shrinkage discriminant
+whose shrinkage is chosen by recall on harm categories held out of the fit):
 
 - **Query gate**: features = the query's generative embedding (with the retrieval
   instruction), its cosine to a *refusal prototype* (refusal sentences embedded by the
@@ -14,9 +15,10 @@ on the encoder's own vectors:
   like compliance ("Sure", "Here", ...), from the next-token distribution at the answer
   position (:meth:`L2VGEncoder.encode_with_answer_states`). A query scoring at or above the
   threshold is blocked: safe-mode search returns no hits and says why.
-- **Document screen**: features = the passage's embedding in the space calibration found
-  to separate best: ``generative`` (how the model would respond to the passage, encoded
-  with the document prompt) or ``teacher`` (what the passage says). Scores and flags are
+- **Document screen**: features = the passage's document pass after the probe layer
+  (``probe``, the default), or its embedding in the space calibration found to separate
+  best: ``generative`` (how the model would respond to the passage, encoded with the
+  document prompt) or ``teacher`` (what the passage says). Scores and flags are
   stored in the Qdrant payload (:data:`HARM_SCORE_KEY`, :data:`HARM_FLAG_KEY`), and safe
   searches filter flagged points out even when the query looks benign.
 
@@ -103,6 +105,24 @@ ANSWER_FEATURES: tuple[str, ...] = ("refusal_start_logprob", "compliance_start_l
 PROBE_FEATURE = "probe_state"
 DEFAULT_PROBE_LAYER: int | str | None = "middle"
 L2_GRID: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
+# How a probe is fitted. "logistic": regularised logistic regression, its L2 strength chosen
+# by validation AUC. "lda": shrinkage linear discriminant analysis (the class means and the
+# pooled within-class covariance shrunk toward the identity), its shrinkage chosen by recall
+# on harm categories held out of the fit (:func:`held_out_category_recall`). The screen uses
+# LDA: leave-one-category-out on the taxonomy data it flagged 80% of the harmful passages of
+# a category it never saw, against 76% for logistic regression, at the same 2% benign budget,
+# with no category under half (logistic: defamation and intellectual property at 45%).
+# Logistic regression finds whatever separates the categories it is shown; the shrunk
+# discriminant leans on the directions every harmful passage shares
+# (benchmarks/results/safety_screen_generalisation.json). The gate stays logistic: there LDA
+# bought recall with look-alike false positives (4.3% -> 6.9%).
+ProbeKind = Literal["logistic", "lda"]
+PROBE_KINDS: tuple[ProbeKind, ...] = ("logistic", "lda")
+DEFAULT_SCREEN_PROBE: ProbeKind = "lda"
+SHRINKAGE_GRID: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.7)
+# Harm categories are dealt into this many groups to choose a hyperparameter by held-out
+# categories (fewer if the data has fewer categories; none below two: validation AUC then).
+CATEGORY_GROUPS = 4
 # Below this many validation examples a 2% false-positive rate cannot be measured (it
 # would allow zero mistakes), so such a benign family counts only in the pooled rate.
 MIN_FAMILY_SIZE = 50
@@ -115,10 +135,12 @@ class SafetyCalibrationError(ValueError):
 # ----------------------------------------------------------------------------- probe
 @dataclass
 class LogisticProbe:
-    """Logistic regression on standardised features, fitted by Newton's method.
+    """A linear harm score ``sigmoid(w · standardise(x) + b)``.
 
-    Newton (IRLS) on a few hundred examples and a few hundred features converges in a
-    dozen steps and has no randomness, so the same data gives bit-identical weights.
+    Fitted as a logistic regression by Newton's method (:meth:`fit`: Newton (IRLS) on a few
+    hundred examples and a few hundred features converges in a dozen steps and has no
+    randomness, so the same data gives bit-identical weights) or as a shrinkage linear
+    discriminant (:meth:`fit_lda`, closed form). Both store and score the same way.
     """
 
     weight: np.ndarray
@@ -156,6 +178,33 @@ class LogisticProbe:
             if np.max(np.abs(step)) < 1e-10:
                 break
         return cls(weight=theta[:-1], bias=float(theta[-1]), mean=mean, scale=scale)
+
+    @classmethod
+    def fit_lda(cls, features: np.ndarray, labels: np.ndarray, *, shrinkage: float = 0.3) -> LogisticProbe:
+        """Linear discriminant on standardised features: ``w = S⁻¹(μ₁ − μ₀)`` with the pooled
+        within-class covariance shrunk toward the identity, ``S = (1 − a)·Σ + a·I``, and the
+        bias at the midpoint of the class means (equal priors: the calibration set's ratio of
+        harmful to benign says nothing about the ratio at search time). ``a`` = 1 is the plain
+        difference of means; near 0, the covariance of a few hundred rows in a few hundred
+        dimensions is too noisy to invert."""
+        if not 0.0 < shrinkage <= 1.0:
+            raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}")
+        x = np.asarray(features, dtype=np.float64)
+        y = np.asarray(labels)
+        if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
+            raise ValueError(f"features must be [N, F] with N = len(labels) > 0, got {x.shape} and {y.shape}")
+        if set(np.unique(y).tolist()) != {0, 1}:
+            raise ValueError("labels must contain both classes 0 and 1")
+        mean = x.mean(0)
+        scale = x.std(0)
+        scale[scale < 1e-8] = 1.0
+        z = (x - mean) / scale
+        mu1, mu0 = z[y == 1].mean(0), z[y == 0].mean(0)
+        centred = np.vstack([z[y == 1] - mu1, z[y == 0] - mu0])
+        covariance = centred.T @ centred / len(centred)
+        shrunk = (1.0 - shrinkage) * covariance + shrinkage * np.eye(len(covariance))
+        weight = np.linalg.solve(shrunk, mu1 - mu0)
+        return cls(weight=weight, bias=float(-weight @ (mu1 + mu0) / 2), mean=mean, scale=scale)
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         x = np.asarray(features, dtype=np.float64)
@@ -724,6 +773,65 @@ def _family(row: Any) -> str:
     return "harmful" if row.label == 1 else "general"
 
 
+def fit_probe(kind: ProbeKind, features: np.ndarray, labels: np.ndarray, value: float) -> LogisticProbe:
+    """A probe of ``kind`` with its hyperparameter (L2 strength, or LDA shrinkage)."""
+    if kind == "logistic":
+        return LogisticProbe.fit(features, labels, l2=value)
+    if kind == "lda":
+        return LogisticProbe.fit_lda(features, labels, shrinkage=value)
+    raise ValueError(f"probe kind must be one of {PROBE_KINDS}, got {kind!r}")
+
+
+def category_groups(
+    labels: np.ndarray, categories: Sequence[str], n_groups: int = CATEGORY_GROUPS, seed: int = 0
+) -> list[list[str]]:
+    """The harm categories of the harmful rows, dealt (seeded) into at most ``n_groups``
+    groups; empty when there are fewer than two categories."""
+    cats = np.asarray(categories, dtype=object)
+    harmful = sorted({str(c) for c in cats[np.asarray(labels) == 1].tolist()} - {""})
+    if len(harmful) < 2:
+        return []
+    order = [harmful[i] for i in np.random.default_rng(seed).permutation(len(harmful))]
+    k = min(n_groups, len(harmful))
+    return [order[g::k] for g in range(k)]
+
+
+def held_out_category_recall(
+    kind: ProbeKind, features: np.ndarray, labels: np.ndarray, categories: Sequence[str], value: float,
+    *, max_fpr: float, n_groups: int = CATEGORY_GROUPS, seed: int = 0,
+) -> float:  # fmt: skip
+    """How well a hyperparameter generalises to harm nobody calibrated for: each group of
+    categories (:func:`category_groups`) is held out in turn, with its look-alikes and a
+    matching share of the generic benign rows; the probe is fitted on the rest, thresholded
+    at ``max_fpr`` on the held-out benign rows, and scored by recall on the held-out harmful
+    ones. Returns the mean over groups."""
+    labels = np.asarray(labels)
+    cats = np.asarray(categories, dtype=object)
+    groups = category_groups(labels, categories, n_groups, seed)
+    if not groups:
+        raise ValueError("choosing by held-out categories needs harmful rows of at least two categories")
+    grouped = np.isin(cats, [c for g in groups for c in g])
+    share = np.random.default_rng(seed + 1).integers(0, len(groups), size=len(labels))
+    recalls = []
+    for g, held in enumerate(groups):
+        test = np.isin(cats, held) | (~grouped & (share == g))
+        if len(set(labels[~test].tolist())) < 2 or not (labels[test] == 0).any():
+            continue
+        scores = fit_probe(kind, features[~test], labels[~test], value).score(features[test])
+        threshold = threshold_at_fpr(scores, labels[test], max_fpr)
+        recalls.append(float((scores[labels[test] == 1] >= threshold).mean()))
+    if not recalls:
+        raise ValueError("no group of categories could be held out (too few benign rows)")
+    return float(np.mean(recalls))
+
+
+def _better(key: tuple[float, float], than: tuple[float, float], tol: float = 1e-12) -> bool:
+    """Lexicographic, with float noise ignored: the first entry, then the second."""
+    if abs(key[0] - than[0]) > tol:
+        return key[0] > than[0]
+    return key[1] > than[1] + tol
+
+
 def fit_probe_with_threshold(
     features: np.ndarray,
     labels: np.ndarray,
@@ -734,21 +842,45 @@ def fit_probe_with_threshold(
     strata: Sequence[str] | None = None,
     families: Sequence[str] | None = None,
     min_family_size: int = MIN_FAMILY_SIZE,
+    kind: ProbeKind = "logistic",
+    categories: Sequence[str] | None = None,
 ) -> tuple[LogisticProbe, float, dict[str, Any]]:
-    """Fit on a training fold (L2 strength by validation AUC), threshold on the validation
-    fold's benign examples (pooled and per family, :func:`threshold_for_families`)."""
+    """Fit on a training fold, threshold on the validation fold's benign examples (pooled
+    and per family, :func:`threshold_for_families`).
+
+    The hyperparameter (``kind``'s grid: :data:`L2_GRID` or :data:`SHRINKAGE_GRID`) is chosen
+    by validation AUC for a logistic probe. An LDA probe given the rows' ``categories`` is
+    chosen by recall on categories held out of the training fold
+    (:func:`held_out_category_recall`, validation AUC breaking ties), by validation AUC when
+    the training fold has fewer than two harm categories."""
     labels = np.asarray(labels)
     strata = list(strata) if strata is not None else [str(v) for v in labels]
     families = list(families) if families is not None else ["harmful" if v else "general" for v in labels]
     train, val = stratified_folds(strata, labels, val_fraction, seed)
-    best: tuple[float, float, LogisticProbe] | None = None
-    for l2 in L2_GRID:
-        probe = LogisticProbe.fit(features[train], labels[train], l2=l2)
+    grid = L2_GRID if kind == "logistic" else SHRINKAGE_GRID
+    train_categories = None if categories is None else [str(categories[i]) for i in train]
+    by_categories = (
+        kind == "lda"
+        and train_categories is not None
+        and bool(category_groups(labels[train], train_categories, seed=seed))
+    )
+    best: tuple[tuple[float, float], float, LogisticProbe] | None = None
+    held_out_recall: dict[str, float] = {}
+    for value in grid:
+        probe = fit_probe(kind, features[train], labels[train], value)
         auc = roc_auc(probe.score(features[val]), labels[val])
-        if best is None or auc > best[0] + 1e-12:
-            best = (auc, l2, probe)
+        key = (0.0, auc)
+        if by_categories:
+            assert train_categories is not None
+            recall = held_out_category_recall(
+                kind, features[train], labels[train], train_categories, value, max_fpr=max_fpr, seed=seed
+            )
+            held_out_recall[str(value)] = recall
+            key = (recall, auc)
+        if best is None or _better(key, best[0]):
+            best = (key, value, probe)
     assert best is not None
-    auc, l2, probe = best
+    (_, auc), value, probe = best
     val_scores = probe.score(features[val])
     val_families = np.asarray(families, dtype=object)[val]
     threshold = threshold_for_families(
@@ -756,7 +888,10 @@ def fit_probe_with_threshold(
     )
     report = {
         "auc": auc,
-        "l2": l2,
+        "probe": kind,
+        ("l2" if kind == "logistic" else "shrinkage"): value,
+        "selected_by": "held-out categories" if by_categories else "validation AUC",
+        **({"held_out_category_recall": held_out_recall} if by_categories else {}),
         "threshold": threshold,
         "max_fpr": max_fpr,
         **precision_recall(val_scores, labels[val], threshold),
@@ -809,6 +944,7 @@ def fit_screen(
     max_fpr: float = 0.02,
     val_fraction: float = 0.35,
     min_family_size: int = MIN_FAMILY_SIZE,
+    probe_kind: ProbeKind = DEFAULT_SCREEN_PROBE,
 ) -> tuple[DocSpace, LogisticProbe, float, dict[str, Any]]:
     """The document screen from the passage rows ``passage_index`` selects: one probe per
     space, the space with the best validation recall at the allowed FPR kept."""
@@ -828,7 +964,8 @@ def fit_screen(
         probe, threshold, report = fit_probe_with_threshold(
             features.doc_embeddings[space][d_idx], labels, max_fpr=max_fpr, val_fraction=val_fraction,
             seed=seed, strata=_strata(rows), families=[_family(r) for r in rows],
-            min_family_size=min_family_size,
+            min_family_size=min_family_size, kind=probe_kind,
+            categories=[str(getattr(r, "category", "") or "") for r in rows],
         )  # fmt: skip
         reports[space] = report
         # Recall at the allowed FPR is what matters for the screen; AUC breaks ties.
@@ -853,6 +990,7 @@ def fit_calibration(
     max_fpr_doc: float = 0.02,
     val_fraction: float = 0.35,
     min_family_size: int = MIN_FAMILY_SIZE,
+    screen_probe: ProbeKind = DEFAULT_SCREEN_PROBE,
 ) -> SafetyCalibration:
     """Fit the gate and the screen on the rows ``query_index`` / ``passage_index`` select
     (default: all); nothing outside them is seen, neither to fit nor to set a threshold."""
@@ -871,7 +1009,7 @@ def fit_calibration(
         features, q_idx, refusal_signal=refusal_signal, max_fpr=max_fpr_query, **common
     )
     doc_space, doc_probe, doc_threshold, doc_reports = fit_screen(
-        features, d_idx, doc_spaces=doc_spaces, max_fpr=max_fpr_doc, **common
+        features, d_idx, doc_spaces=doc_spaces, max_fpr=max_fpr_doc, probe_kind=screen_probe, **common
     )
     rows = [features.queries[i] for i in q_idx] + [features.passages[i] for i in d_idx]
     digests = np.array(sorted({text_digest(r.text) for r in rows}), dtype=np.int64)
@@ -894,6 +1032,7 @@ def fit_calibration(
             **common,
             "max_fpr_query": max_fpr_query,
             "max_fpr_doc": max_fpr_doc,
+            "screen_probe": screen_probe,
             "n_query_examples": len(q_idx),
             "n_passage_examples": len(d_idx),
             "probe_layer": features.probe_layer,
@@ -924,6 +1063,7 @@ def calibrate(
     probe_layer: int | str | None = DEFAULT_PROBE_LAYER,
     gate_embedding: bool | None = None,
     min_family_size: int = MIN_FAMILY_SIZE,
+    screen_probe: ProbeKind = DEFAULT_SCREEN_PROBE,
     show_progress_bar: bool = False,
 ) -> SafetyCalibration:
     """Fit the gate and the screen on labelled rows (default: the packaged calibration set).
@@ -952,7 +1092,7 @@ def calibrate(
     return fit_calibration(
         features, refusal_signal=refusal_signal, doc_spaces=doc_spaces, seed=seed,
         max_fpr_query=max_fpr_query, max_fpr_doc=max_fpr_doc, val_fraction=val_fraction,
-        min_family_size=min_family_size,
+        min_family_size=min_family_size, screen_probe=screen_probe,
     )  # fmt: skip
 
 

@@ -93,19 +93,27 @@ def _split(row: Any) -> str:
 
 def test_a_fold_never_fits_or_thresholds_on_its_category(monkeypatch: pytest.MonkeyPatch) -> None:
     features = _table()
-    seen_marker: list[float] = []
-    original = safety.LogisticProbe.fit.__func__  # type: ignore[attr-defined]
+    seen_marker: dict[str, list[float]] = {"fit": [], "fit_lda": []}
 
-    def recording_fit(cls: Any, x: np.ndarray, y: np.ndarray, **kwargs: Any) -> Any:
-        seen_marker.append(float(np.abs(x[:, MARKER]).max()))
-        return original(cls, x, y, **kwargs)
+    def recording(name: str) -> Any:
+        original = getattr(safety.LogisticProbe, name).__func__
 
-    monkeypatch.setattr(safety.LogisticProbe, "fit", classmethod(recording_fit))
+        def fit(cls: Any, x: np.ndarray, y: np.ndarray, **kwargs: Any) -> Any:
+            seen_marker[name].append(float(np.abs(x[:, MARKER]).max()))
+            return original(cls, x, y, **kwargs)
+
+        return classmethod(fit)
+
+    for name in seen_marker:
+        monkeypatch.setattr(safety.LogisticProbe, name, recording(name))
     evaluator = GeneralisationEvaluator(features, _split, ["B"])
     loco = evaluator.leave_one_category_out()
-    # Gate (with and without the refusal signal) and screen (two spaces): every fit of fold B
-    # saw only rows whose B-marker is 0, i.e. no row of category B.
-    assert len(seen_marker) == (2 + 2) * len(safety.L2_GRID) and max(seen_marker) == 0.0
+    # Gate (logistic, with and without the refusal signal) and screen (LDA, two spaces, each
+    # shrinkage also fitted once per held-out group of the fold's two categories A and C):
+    # every fit of fold B saw only rows whose B-marker is 0, i.e. no row of category B.
+    assert len(seen_marker["fit"]) == 2 * len(safety.L2_GRID)
+    assert len(seen_marker["fit_lda"]) == 2 * len(safety.SHRINKAGE_GRID) * (1 + 2)
+    assert max(seen_marker["fit"] + seen_marker["fit_lda"]) == 0.0
     fold = evaluator.folds["B"]
     q_cats = {features.queries[i].category for i in fold.gate_rows}
     d_cats = {features.passages[i].category for i in fold.screen_rows}

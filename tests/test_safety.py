@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from l2vg_retrieval import safety
 from l2vg_retrieval.safety import (
     ANSWER_FEATURES,
     HARM_FLAG_KEY,
@@ -28,10 +29,13 @@ from l2vg_retrieval.safety import (
     answer_logprobs,
     answer_token_ids,
     calibrate,
+    category_groups,
     doc_probe_features,
     embed_documents,
     featurize,
     fit_calibration,
+    fit_probe_with_threshold,
+    held_out_category_recall,
     precision_recall,
     query_features,
     refusal_prototype,
@@ -62,6 +66,96 @@ def test_probe_separates_and_is_deterministic() -> None:
         LogisticProbe.fit(x[:40], y[:40])
     with pytest.raises(ValueError, match="features"):
         a.score(np.zeros((2, 4)))
+
+
+def test_lda_probe_separates_and_full_shrinkage_is_the_difference_of_means() -> None:
+    rng = np.random.default_rng(0)
+    cov = np.array([[1.0, 0.9, 0.0], [0.9, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    benign = rng.multivariate_normal(np.zeros(3), cov, 200)
+    harmful = rng.multivariate_normal(np.array([1.0, 0.0, 0.0]), cov, 200)
+    x, y = np.vstack([benign, harmful]), np.array([0] * 200 + [1] * 200)
+    lda = LogisticProbe.fit_lda(x, y, shrinkage=0.1)
+    assert np.array_equal(lda.weight, LogisticProbe.fit_lda(x, y, shrinkage=0.1).weight)
+    # The covariance is used: the correlated column 1 gets a negative weight (it cancels the
+    # shared noise of column 0), which the plain difference of means cannot do.
+    assert lda.weight[0] > 0 > lda.weight[1]
+    means = LogisticProbe.fit_lda(x, y, shrinkage=1.0)
+    z = (x - means.mean) / means.scale
+    expected = z[y == 1].mean(0) - z[y == 0].mean(0)
+    assert np.allclose(means.weight, expected) and roc_auc(lda.score(x), y) > roc_auc(means.score(x), y)
+    # Bias at the midpoint of the class means: a row halfway between them scores 0.5.
+    midpoint = (x[y == 1].mean(0) + x[y == 0].mean(0)) / 2
+    assert lda.score(midpoint[None])[0] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="shrinkage"):
+        LogisticProbe.fit_lda(x, y, shrinkage=0.0)
+    with pytest.raises(ValueError, match="both classes"):
+        LogisticProbe.fit_lda(x[:200], y[:200])
+
+
+def _category_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Six harm categories: each on its own axis, all with a weak shared one (column 0)."""
+    rng = np.random.default_rng(seed)
+    rows, labels, cats = [], [], []
+    for c in range(6):
+        for label, n in ((1, 20), (0, 10)):
+            block = rng.normal(0.0, 1.0, (n, 8))
+            if label:
+                block[:, 0] += 1.5
+                block[:, 1 + c] += 4.0
+            rows.append(block)
+            labels += [label] * n
+            cats += [f"c{c}"] * n
+    rows.append(rng.normal(0.0, 1.0, (200, 8)))
+    labels += [0] * 200
+    cats += [""] * 200
+    return np.vstack(rows), np.array(labels), cats
+
+
+def test_category_groups_deal_every_harm_category_once() -> None:
+    _, y, cats = _category_data()
+    groups = category_groups(y, cats, n_groups=4, seed=0)
+    assert len(groups) == 4 and sorted(c for g in groups for c in g) == [f"c{i}" for i in range(6)]
+    assert category_groups(y, cats, n_groups=10)[0] and len(category_groups(y, cats, n_groups=10)) == 6
+    assert category_groups(y, ["c0" if v else "" for v in y]) == []  # one category: nothing to hold out
+
+
+def test_held_out_category_recall_never_fits_on_the_group_it_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y, cats = _category_data()
+    x[:, 7] = [int(c[1:]) + 1 if c else 0 for c in cats]  # which category a row is (0: generic)
+    seen: list[set[int]] = []
+    original = LogisticProbe.fit_lda.__func__  # type: ignore[attr-defined]
+
+    def recording(cls: Any, features: np.ndarray, labels: np.ndarray, **kwargs: Any) -> Any:
+        seen.append(set(features[:, 7].astype(int).tolist()))
+        return original(cls, features, labels, **kwargs)
+
+    monkeypatch.setattr(LogisticProbe, "fit_lda", classmethod(recording))
+    groups = category_groups(y, cats, n_groups=3, seed=0)
+    recall = held_out_category_recall("lda", x, y, cats, 0.3, max_fpr=0.05, n_groups=3, seed=0)
+    assert 0.0 <= recall <= 1.0 and len(seen) == 3
+    for fitted, held in zip(seen, groups, strict=True):
+        held_ids = {int(c[1:]) + 1 for c in held}
+        assert not fitted & held_ids and fitted == set(range(7)) - held_ids
+    with pytest.raises(ValueError, match="two categories"):
+        held_out_category_recall("lda", x, y, [""] * len(y), 0.3, max_fpr=0.05)
+
+
+def test_lda_shrinkage_is_chosen_by_held_out_categories_when_there_are_any() -> None:
+    x, y, cats = _category_data()
+    strata = [f"{v}:{c or 'general'}" for v, c in zip(y, cats, strict=True)]
+    _, _, report = fit_probe_with_threshold(
+        x, y, max_fpr=0.05, strata=strata, kind="lda", categories=cats, seed=0
+    )
+    recalls = report["held_out_category_recall"]
+    assert report["selected_by"] == "held-out categories" and report["probe"] == "lda"
+    assert set(recalls) == {str(v) for v in safety.SHRINKAGE_GRID}
+    assert recalls[str(report["shrinkage"])] == max(recalls.values())
+    # Without categories (or with a logistic probe) the validation AUC decides, as before.
+    _, _, plain = fit_probe_with_threshold(x, y, max_fpr=0.05, strata=strata, kind="lda")
+    assert plain["selected_by"] == "validation AUC" and "held_out_category_recall" not in plain
+    _, _, logistic = fit_probe_with_threshold(x, y, max_fpr=0.05, strata=strata, categories=cats)
+    assert logistic["probe"] == "logistic" and "l2" in logistic
+    assert logistic["selected_by"] == "validation AUC"
 
 
 def test_threshold_respects_the_false_positive_budget() -> None:
@@ -678,12 +772,13 @@ def test_trained_default_gate_meets_a_recall_floor_at_a_bounded_fpr_on_held_out_
 
 # Every SCREEN_SAMPLE_STEP-th passage of the packaged held-out split (never calibrated on):
 # long and one-line harmful passages against look-alike, technical and general benign ones
-# (24 harmful, 161 benign). Measured with the packaged calibration of 2026-11-27 (probe
-# after 15 layers; bfloat16): recall 0.833 (20/24), benign FPR 0.056 (9/161); on the whole
-# held-out split 0.839 / 0.036 (1,292 benign passages). The sample's FPR sits 1.3 binomial
-# standard errors above the whole split's; the bound is the whole split's rate plus two
-# standard errors at this sample size, not the sample's own rate. (The previous
-# calibration: 0.792 / 0.023 on the sample, 0.806 / 0.031 on the whole split, bound 0.05.)
+# (24 harmful, 161 benign). Measured with the packaged calibration of 2026-11-27, LDA screen
+# (probe after 15 layers; bfloat16): recall 0.917 (22/24), benign FPR 0.056 (9/161). The
+# logistic screen before it: 0.833 / 0.056 on the sample, 0.839 / 0.036 on the whole
+# held-out split (1,292 benign passages), where the sample's FPR sat 1.3 binomial standard
+# errors above the whole split's; the bound is that whole-split rate plus two standard
+# errors at this sample size, not the sample's own rate. (The calibration before: 0.792 /
+# 0.023 on the sample, 0.806 / 0.031 on the whole split, bound 0.05.)
 SCREEN_SAMPLE_STEP = 8
 SCREEN_MIN_RECALL = 0.70
 SCREEN_MAX_FPR = 0.065

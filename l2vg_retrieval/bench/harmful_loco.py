@@ -27,9 +27,11 @@ from typing import Any
 import numpy as np
 
 from ..safety import (
+    DEFAULT_SCREEN_PROBE,
     MIN_FAMILY_SIZE,
     DocSpace,
     LogisticProbe,
+    ProbeKind,
     SafetyFeatures,
     fit_gate,
     fit_screen,
@@ -51,6 +53,7 @@ class LocoSettings:
     min_family_size: int = MIN_FAMILY_SIZE
     # None: every space the features hold (featurize's default is the library's default).
     doc_spaces: tuple[DocSpace, ...] | None = None
+    screen_probe: ProbeKind = DEFAULT_SCREEN_PROBE
 
 
 @dataclass
@@ -174,7 +177,7 @@ class GeneralisationEvaluator:
         s = self.settings
         space, probe, threshold, _ = fit_screen(
             self.features, rows, doc_spaces=s.doc_spaces, seed=s.seed, max_fpr=s.max_fpr_doc,
-            val_fraction=s.val_fraction, min_family_size=s.min_family_size,
+            val_fraction=s.val_fraction, min_family_size=s.min_family_size, probe_kind=s.screen_probe,
         )  # fmt: skip
         return space, probe, threshold
 
@@ -378,6 +381,7 @@ def run_generalisation(
             "val_fraction": s.val_fraction,
             "min_family_size": s.min_family_size,
             "doc_spaces": list(s.doc_spaces or features.doc_embeddings),
+            "screen_probe": s.screen_probe,
             "targets": TARGETS,
         },
         "leave_one_category_out": loco,
