@@ -799,12 +799,13 @@ def category_groups(
 def held_out_category_recall(
     kind: ProbeKind, features: np.ndarray, labels: np.ndarray, categories: Sequence[str], value: float,
     *, max_fpr: float, n_groups: int = CATEGORY_GROUPS, seed: int = 0,
-) -> float:  # fmt: skip
+) -> float | None:  # fmt: skip
     """How well a hyperparameter generalises to harm nobody calibrated for: each group of
     categories (:func:`category_groups`) is held out in turn, with its look-alikes and a
     matching share of the generic benign rows; the probe is fitted on the rest, thresholded
     at ``max_fpr`` on the held-out benign rows, and scored by recall on the held-out harmful
-    ones. Returns the mean over groups."""
+    ones. Returns the mean over groups, or None when no group can be held out (too few
+    benign rows to threshold on, or a fit side left with one class)."""
     labels = np.asarray(labels)
     cats = np.asarray(categories, dtype=object)
     groups = category_groups(labels, categories, n_groups, seed)
@@ -821,7 +822,7 @@ def held_out_category_recall(
         threshold = threshold_at_fpr(scores, labels[test], max_fpr)
         recalls.append(float((scores[labels[test] == 1] >= threshold).mean()))
     if not recalls:
-        raise ValueError("no group of categories could be held out (too few benign rows)")
+        return None  # every group left one side without both classes or benign rows
     return float(np.mean(recalls))
 
 
@@ -864,19 +865,22 @@ def fit_probe_with_threshold(
         and train_categories is not None
         and bool(category_groups(labels[train], train_categories, seed=seed))
     )
-    best: tuple[tuple[float, float], float, LogisticProbe] | None = None
     held_out_recall: dict[str, float] = {}
-    for value in grid:
-        probe = fit_probe(kind, features[train], labels[train], value)
-        auc = roc_auc(probe.score(features[val]), labels[val])
-        key = (0.0, auc)
-        if by_categories:
-            assert train_categories is not None
+    if by_categories:
+        assert train_categories is not None
+        for value in grid:
             recall = held_out_category_recall(
                 kind, features[train], labels[train], train_categories, value, max_fpr=max_fpr, seed=seed
             )
+            if recall is None:  # the data is too small to hold categories out
+                by_categories, held_out_recall = False, {}
+                break
             held_out_recall[str(value)] = recall
-            key = (recall, auc)
+    best: tuple[tuple[float, float], float, LogisticProbe] | None = None
+    for value in grid:
+        probe = fit_probe(kind, features[train], labels[train], value)
+        auc = roc_auc(probe.score(features[val]), labels[val])
+        key = (held_out_recall.get(str(value), 0.0), auc)
         if best is None or _better(key, best[0]):
             best = (key, value, probe)
     assert best is not None
