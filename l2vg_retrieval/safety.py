@@ -853,7 +853,7 @@ def fit_probe_with_threshold(
     by validation AUC for a logistic probe. An LDA probe given the rows' ``categories`` is
     chosen by recall on categories held out of the training fold
     (:func:`held_out_category_recall`, validation AUC breaking ties), by validation AUC when
-    the training fold has fewer than two harm categories."""
+    the training fold has fewer than two harm categories or too few rows to hold any out."""
     labels = np.asarray(labels)
     strata = list(strata) if strata is not None else [str(v) for v in labels]
     families = list(families) if families is not None else ["harmful" if v else "general" for v in labels]
