@@ -111,7 +111,7 @@ L2_GRID: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
 # on harm categories held out of the fit (:func:`held_out_category_recall`). The screen uses
 # LDA: leave-one-category-out on the taxonomy data it flagged 80% of the harmful passages of
 # a category it never saw, against 76% for logistic regression, at the same 2% benign budget,
-# with no category under half (logistic: defamation and intellectual property at 45%).
+# with only intellectual property still under half (45%; logistic: defamation too).
 # Logistic regression finds whatever separates the categories it is shown; the shrunk
 # discriminant leans on the directions every harmful passage shares
 # (benchmarks/results/safety_screen_generalisation.json). The gate stays logistic: there LDA
