@@ -152,16 +152,8 @@ class LogisticProbe:
     def fit(
         cls, features: np.ndarray, labels: np.ndarray, *, l2: float = 1.0, max_iter: int = 100
     ) -> LogisticProbe:
-        x = np.asarray(features, dtype=np.float64)
-        y = np.asarray(labels, dtype=np.float64)
-        if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
-            raise ValueError(f"features must be [N, F] with N = len(labels) > 0, got {x.shape} and {y.shape}")
-        if set(np.unique(y)) != {0.0, 1.0}:
-            raise ValueError("labels must contain both classes 0 and 1")
-        mean = x.mean(0)
-        scale = x.std(0)
-        scale[scale < 1e-8] = 1.0
-        z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
+        standard, y, mean, scale = _standardised(features, labels)
+        z = np.hstack([standard, np.ones((len(standard), 1))])
         # Class-balanced sample weights: the harmful/benign ratio of a calibration set says
         # nothing about the ratio at search time.
         pos = y.sum()
@@ -189,16 +181,7 @@ class LogisticProbe:
         dimensions is too noisy to invert."""
         if not 0.0 < shrinkage <= 1.0:
             raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}")
-        x = np.asarray(features, dtype=np.float64)
-        y = np.asarray(labels)
-        if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
-            raise ValueError(f"features must be [N, F] with N = len(labels) > 0, got {x.shape} and {y.shape}")
-        if set(np.unique(y).tolist()) != {0, 1}:
-            raise ValueError("labels must contain both classes 0 and 1")
-        mean = x.mean(0)
-        scale = x.std(0)
-        scale[scale < 1e-8] = 1.0
-        z = (x - mean) / scale
+        z, y, mean, scale = _standardised(features, labels)
         mu1, mu0 = z[y == 1].mean(0), z[y == 0].mean(0)
         centred = np.vstack([z[y == 1] - mu1, z[y == 0] - mu0])
         covariance = centred.T @ centred / len(centred)
@@ -234,6 +217,23 @@ class LogisticProbe:
             )
         except KeyError as exc:
             raise SafetyCalibrationError(f"safety weights lack tensor {exc}") from exc
+
+
+def _standardised(
+    features: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Checked inputs of a probe fit: ``(features standardised per column, labels as float,
+    column means, column scales)``; a constant column keeps scale 1."""
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"features must be [N, F] with N = len(labels) > 0, got {x.shape} and {y.shape}")
+    if set(np.unique(y)) != {0.0, 1.0}:
+        raise ValueError("labels must contain both classes 0 and 1")
+    mean = x.mean(0)
+    scale = x.std(0)
+    scale[scale < 1e-8] = 1.0
+    return (x - mean) / scale, y, mean, scale
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
