@@ -40,6 +40,10 @@ def _single_query_attention(
     batch, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     group = heads // kv_heads
+    # The cache hands over views of its filled part (strided across rows); a matmul on such a
+    # view took 0.9 ms here against 0.05 ms to copy it plus 0.17 ms on the copy (bf16, batch
+    # 128, 80 positions), so the copy is made first.
+    key, value = key.contiguous(), value.contiguous()
     scores = torch.matmul(query.reshape(batch, kv_heads, group, dim), key.transpose(-1, -2)).float()
     scores = scores * scaling
     if attention_mask is not None:

@@ -127,8 +127,13 @@ def test_generation_and_response_length_sections_render(tmp_path: Path) -> None:
             "batch_size": 128,
             "landed_batch_size": 32,
             "dtype": "bfloat16",
-            "runs": {"hf-landed": run, "fast": {**run, "new_tokens_per_s": 250.0}},
-            "ratio_vs_landed": {"hf-landed": 1.0, "fast": 2.5},
+            "runs": {
+                "hf-landed": run,
+                "fast": {**run, "new_tokens_per_s": 250.0},
+                "bound": {**run, "new_tokens_per_s": 300.0},
+            },
+            "ratio_vs_landed": {"hf-landed": 1.0, "fast": 2.5, "bound": 3.0},
+            "share_of_bound": {"hf-landed": 0.333, "fast": 0.833},
             "agreement": {"identical_rows_float32": 1.0},
         },
         tmp_path / "r",
@@ -149,6 +154,7 @@ def test_generation_and_response_length_sections_render(tmp_path: Path) -> None:
     )
     text = write_report(tmp_path / "r", tmp_path / "d").read_text()
     assert "## Response generation" in text and "| 2.500 |" in text
+    assert "x landed (3.000) is the ceiling" in text and "fast 0.833" in text
     assert "## Response length" in text and "96 new tokens" in text
     assert (tmp_path / "d" / "benchmarks_generation.png").stat().st_size > 0
 

@@ -446,6 +446,9 @@ def test_bench_generation_on_the_packaged_backbone(tmp_path: Path) -> None:
     )  # fmt: skip
     result = json.loads((tmp_path / "g.json").read_text())
     assert result["queries"] == 8 and result["dtype"] == "float32"
-    assert set(result["runs"]) == {"hf-landed", "hf-bucketed", "fast"}
+    assert set(result["runs"]) == {"hf-landed", "hf-bucketed", "fast", "bound"}
     assert all(0 < r["new_tokens"] <= 8 * 3 for r in result["runs"].values())
     assert result["agreement"]["identical_rows_float32"] == 1.0
+    # The forward bound ran over exactly the loop's tokens: teacher-forced, it predicts them.
+    assert result["agreement"]["bound_reproduces_fast_rows_float32"] == 1.0
+    assert set(result["share_of_bound"]) == {"hf-landed", "hf-bucketed", "fast"}

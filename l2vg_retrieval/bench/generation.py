@@ -10,6 +10,13 @@ Three configurations over the same training queries, in one process, one after a
   (shared template prefix run once, LM head on the last position only, finished rows
   leaving the batch, no attention mask when a batch has no padding).
 
+Beside them, the **forward bound**: one forward pass over the same tokens with no generation
+loop at all (each row's prompt after the shared template prefix, followed by the response
+the fast loop wrote, in the same batches; the LM head on the response positions only).
+That is the same arithmetic with every matmul at its most efficient size, so no greedy
+generator on this machine can beat it; its ratio to the landed generator is the ceiling
+for any "x landed" target.
+
 Agreement is reported too: in fp32 both loops must produce identical tokens; in bf16 a
 different summation order (the shared prefix runs at batch size 1) flips some greedy
 choices, so the teacher cosine between the two responses to each query says whether the
@@ -55,6 +62,62 @@ def _run(
         for i, row in zip(idx, rows, strict=True):
             out[i] = row
     return out, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def _forward_bound(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    responses: Sequence[list[int]],
+    batches: list[list[int]],
+) -> tuple[float, float]:
+    """One teacher-forced forward over each batch's prompts and responses.
+
+    Returns its seconds and the share of rows whose response it reproduces (the argmax at
+    every response position equals the token the loop chose): 1.0 in float32 says the bound
+    did the same work on the same tokens.
+    """
+    from transformers import DynamicCache
+
+    from ..batching import common_prefix_length, pad_left, positions_from_mask
+    from ..kv_cache import CACHE_KWARG
+
+    body, head = model.get_decoder(), model.get_output_embeddings()
+    device = next(model.parameters()).device
+    predictions: list[tuple[list[int], torch.Tensor]] = []
+    start = time.perf_counter()
+    for idx in batches:
+        # The shared template prefix runs once and its KV states are shared, as in the loop.
+        shared = common_prefix_length([prompts[i] for i in idx])
+        cache = DynamicCache(config=model.config)
+        body(input_ids=torch.tensor([list(prompts[idx[0]][:shared])], device=device), **{CACHE_KWARG: cache})
+        for layer in cache.layers:
+            layer.keys = layer.keys.expand(len(idx), -1, -1, -1)
+            layer.values = layer.values.expand(len(idx), -1, -1, -1)
+        rows = [list(prompts[i][shared:]) + list(responses[i]) for i in idx]
+        input_ids, mask = pad_left(rows, tokenizer.pad_token_id)
+        mask = torch.cat([mask.new_ones((len(idx), shared)), mask], dim=1).to(device)
+        hidden = body(
+            input_ids=input_ids.to(device),
+            attention_mask=mask,
+            position_ids=positions_from_mask(mask)[:, shared:],
+            **{CACHE_KWARG: cache},
+        ).last_hidden_state
+        # Left padding puts every response at the end of its row. The loop runs the LM head
+        # once per new token plus once on the token after it: the last width + 1 positions.
+        width = max(len(responses[i]) for i in idx)
+        tail = hidden[:, hidden.shape[1] - width - 1 :]
+        tokens = head(tail.reshape(-1, tail.shape[-1])).float().argmax(dim=-1)
+        predictions.append((idx, tokens.view(len(idx), width + 1)))
+    seconds = time.perf_counter() - start
+    same = [
+        pred[row, width - len(responses[i]) : width].tolist() == list(responses[i])
+        for idx, pred in predictions
+        for row, i in enumerate(idx)
+        for width in [pred.shape[1] - 1]
+    ]
+    return seconds, float(np.mean(same))
 
 
 def _window_sorted(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -110,6 +173,17 @@ def run_generation_benchmark(
             "queries_per_s": round(len(prompts) / seconds, 2),
             "batches": len(batches),
         }
+    if on_step:
+        on_step("forward bound")
+    bound_seconds, reproduced = _forward_bound(model, tokenizer, prompts, outputs["fast"], bucketed)
+    fast_tokens = runs["fast"]["new_tokens"]
+    runs["bound"] = {
+        "seconds": round(bound_seconds, 2),
+        "new_tokens": fast_tokens,
+        "new_tokens_per_s": round(fast_tokens / bound_seconds, 1),
+        "queries_per_s": round(len(prompts) / bound_seconds, 2),
+        "batches": len(bucketed),
+    }
     base = runs["hf-landed"]["new_tokens_per_s"]
     ratios = {name: round(r["new_tokens_per_s"] / base, 2) for name, r in runs.items()}
 
@@ -124,6 +198,7 @@ def run_generation_benchmark(
             np.mean([x == y for x, y in zip(outputs["fast"], outputs["hf-bucketed"], strict=True)])
         ),
         "teacher_cosine_fast_vs_hf_mean": float(np.mean(np.sum(a * b, axis=1))),
+        f"bound_reproduces_fast_rows_{str(dtype).removeprefix('torch.')}": reproduced,
     }
     if fp32_check_queries and dtype != torch.float32:
         if on_step:
@@ -145,5 +220,11 @@ def run_generation_benchmark(
         "dtype": str(dtype).removeprefix("torch."),
         "runs": runs,
         "ratio_vs_landed": ratios,
+        # Share of the bound's throughput each generator reaches (1.0 = the bound itself).
+        "share_of_bound": {
+            name: round(r["new_tokens_per_s"] / runs["bound"]["new_tokens_per_s"], 3)
+            for name, r in runs.items()
+            if name != "bound"
+        },
         "agreement": agreement,
     }
