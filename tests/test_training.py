@@ -325,6 +325,27 @@ def test_token_capped_micro_batches_give_the_full_batch_update(
         assert torch.allclose(value, state_capped[key], atol=1e-6), key
 
 
+def test_joint_steps_split_over_micro_batches_give_the_full_batch_update(tmp_path: Path) -> None:
+    """With the reconstruction pass, answers of different lengths fall in different
+    micro-batches: the CE is a mean over answer tokens, so each micro-batch's CE must weigh
+    by its share of the batch's tokens, not of its examples, for the step to be the same."""
+    results = []
+    for micro in (None, 1):
+        config = _config_with(tmp_path / str(micro), align_only_steps=0, align_loss="cosine")
+        config = config.model_copy(update={"optim": config.optim.model_copy(update={"micro_batch_size": micro})})
+        config.output_dir.mkdir(parents=True)
+        examples = _examples(build_tiny_encoder())
+        assert len({len(ex.response_ids) for ex in examples[:4]}) > 1  # lengths differ in the batch
+        trainer = Trainer(build_tiny_encoder(), examples, config)
+        recon, align = trainer.train_step()
+        results.append((recon, align, trainer.encoder.trainable_state()))
+    (recon_full, align_full, state_full), (recon_micro, align_micro, state_micro) = results
+    assert recon_full is not None and recon_micro is not None
+    assert abs(recon_full - recon_micro) < 1e-5 and abs(align_full - align_micro) < 1e-6
+    for key, value in state_full.items():
+        assert torch.allclose(value, state_micro[key], atol=1e-6), key
+
+
 def test_document_loss_trains_exactly_the_generative_document_path() -> None:
     """The document-side loss is 1 - cos between the target and what encode_document
     returns for the response text at inference, and a step on it lowers it."""

@@ -289,14 +289,17 @@ class Trainer:
         self.encoder.train()
         self.optimizer.zero_grad(set_to_none=True)
         # Micro-batches bound activation memory (a LoRA keeps the text's activations for
-        # the backward pass); gradients add up to the full batch's, each micro-batch
-        # weighted by its share of the examples.
+        # the backward pass); gradients add up to the full batch's, each micro-batch's
+        # terms weighted by its share of what they average over.
         lengths = None
         if config.optim.micro_batch_tokens is not None:
             lengths = [
                 self._tokens(ex, prompt, with_recon) for ex, prompt in zip(batch, prompts, strict=True)
             ]
         with_document = config.document_align_weight > 0
+        # The reconstruction CE is a mean over answer tokens, so its micro-batch share is
+        # one of tokens; alignment and document terms are means over examples.
+        answer_tokens = sum(len(ex.response_ids) for ex in batch)
         recon_sum, align_sum, document_sum = 0.0, 0.0, 0.0
         for part in split_micro_batches(
             len(batch),
@@ -313,10 +316,11 @@ class Trainer:
                 with_recon=with_recon,
                 matryoshka_dims=config.matryoshka_dims,
             )
-            loss = config.align_weight * align
+            loss = share * config.align_weight * align
             if recon is not None:
-                loss = loss + config.recon_weight * recon
-                recon_sum += share * float(recon.detach())
+                token_share = sum(len(batch[i].response_ids) for i in part) / answer_tokens
+                loss = loss + token_share * config.recon_weight * recon
+                recon_sum += token_share * float(recon.detach())
             if with_document:
                 document = document_alignment_loss(
                     self.encoder,
@@ -324,9 +328,9 @@ class Trainer:
                     align_kind=config.align_loss,
                     matryoshka_dims=config.matryoshka_dims,
                 )
-                loss = loss + config.document_align_weight * document
+                loss = loss + share * config.document_align_weight * document
                 document_sum += share * float(document.detach())
-            (share * loss).backward()
+            loss.backward()
             align_sum += share * float(align.detach())
         torch.nn.utils.clip_grad_norm_(self.params, config.optim.grad_clip)
         self.optimizer.step()
