@@ -332,7 +332,8 @@ def test_joint_steps_split_over_micro_batches_give_the_full_batch_update(tmp_pat
     results = []
     for micro in (None, 1):
         config = _config_with(tmp_path / str(micro), align_only_steps=0, align_loss="cosine")
-        config = config.model_copy(update={"optim": config.optim.model_copy(update={"micro_batch_size": micro})})
+        optim = config.optim.model_copy(update={"micro_batch_size": micro})
+        config = config.model_copy(update={"optim": optim})
         config.output_dir.mkdir(parents=True)
         examples = _examples(build_tiny_encoder())
         assert len({len(ex.response_ids) for ex in examples[:4]}) > 1  # lengths differ in the batch
