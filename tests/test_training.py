@@ -836,3 +836,23 @@ def test_train_only_the_reconstruction_head_leaves_the_embedding_features_fixed(
     )
     with pytest.raises(ValueError, match="matches no trainable tensor"):
         select_parameters(build_tiny_encoder(), ["no_such_part"])
+
+
+def test_every_shipped_config_loads() -> None:
+    """A typo in a committed recipe (an unknown key, a bad value) fails here, not after an
+    hour of response generation. LLM2Vec configs are told apart by their stages."""
+    import yaml
+
+    from l2vg_retrieval.llm2vec.config import load_llm2vec_config
+    from l2vg_retrieval.training.config import load_train_config
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert len(paths) >= 10
+    for path in paths:
+        raw = yaml.safe_load(path.read_text())
+        if "mntp" in raw or "simcse" in raw:
+            load_llm2vec_config(path)
+        else:
+            config = load_train_config(path)
+            # Every recipe keeps a batch-32 step within the machine's 4 GB by micro-batching.
+            assert config.optim.micro_batch_size is not None or config.optim.batch_size <= 8, path
