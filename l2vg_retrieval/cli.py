@@ -34,7 +34,8 @@ DtypeOption = Annotated[str, typer.Option(help="auto | float32 | bfloat16")]
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    # Soft wrap: a path or a command in the message stays on one line, copyable as it is.
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -299,7 +299,7 @@ class Trainer:
         with_document = config.document_align_weight > 0
         # The reconstruction CE is a mean over answer tokens, so its micro-batch share is
         # one of tokens; alignment and document terms are means over examples.
-        answer_tokens = sum(len(ex.response_ids) for ex in batch)
+        answer_tokens = max(1, sum(len(ex.response_ids) for ex in batch))
         recon_sum, align_sum, document_sum = 0.0, 0.0, 0.0
         for part in split_micro_batches(
             len(batch),
