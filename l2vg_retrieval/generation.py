@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -44,6 +45,33 @@ def _penalise_repeats(logits: torch.Tensor, history: torch.Tensor, penalty: floa
     seen = torch.gather(logits, 1, history)
     seen = torch.where(seen > 0, seen / penalty, seen * penalty)
     return logits.scatter(1, history, seen)
+
+
+def shared_prefix(
+    model: torch.nn.Module, prefix_ids: Sequence[int], attention_mask: torch.Tensor, cache: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``prefix_ids`` (tokens every row starts with) once at batch size 1 and write their
+    KV states into ``cache`` for every row of the left-padded ``attention_mask`` ``[B, T]``.
+
+    Returns the mask over prefix and rows, and the rows' position ids ``[B, T]``; with no
+    prefix, the mask as given and positions from it.
+    """
+    from transformers import DynamicCache
+
+    if not prefix_ids:
+        return attention_mask, positions_from_mask(attention_mask)
+    n_rows = attention_mask.shape[0]
+    states = DynamicCache(config=model.config)
+    model.get_decoder()(
+        input_ids=torch.tensor([list(prefix_ids)], device=attention_mask.device),
+        **{CACHE_KWARG: states},
+        use_cache=True,
+    )
+    for index, layer in enumerate(states.layers):
+        keys, values = layer.keys.expand(n_rows, -1, -1, -1), layer.values.expand(n_rows, -1, -1, -1)
+        cache.update(keys, values, index)
+    mask = torch.cat([attention_mask.new_ones((n_rows, len(prefix_ids))), attention_mask], dim=1)
+    return mask, positions_from_mask(mask)[:, len(prefix_ids) :]
 
 
 @torch.inference_mode()
@@ -87,27 +115,12 @@ def _greedy_decode(
     prefix_ids: Sequence[int],
     repetition_penalty: float,
 ) -> list[list[int]]:
-    from transformers import DynamicCache
-
     body, head = model.get_decoder(), model.get_output_embeddings()
     device = attention_mask.device
     n_rows = attention_mask.shape[0]
     eos = torch.tensor(sorted(set(eos_ids)), device=device)
     cache = preallocated_cache(model.config, len(prefix_ids) + attention_mask.shape[1] + max_new_tokens)
-    if prefix_ids:
-        shared = DynamicCache(config=model.config)
-        body(
-            input_ids=torch.tensor([list(prefix_ids)], device=device), **{CACHE_KWARG: shared}, use_cache=True
-        )
-        for index, layer in enumerate(shared.layers):
-            cache.update(
-                layer.keys.expand(n_rows, -1, -1, -1), layer.values.expand(n_rows, -1, -1, -1), index
-            )
-        ones = attention_mask.new_ones((n_rows, len(prefix_ids)))
-        mask = torch.cat([ones, attention_mask], dim=1)
-    else:
-        mask = attention_mask
-    positions = positions_from_mask(mask)[:, len(prefix_ids) :]
+    mask, positions = shared_prefix(model, prefix_ids, attention_mask, cache)
     # With no padding (equal-length rows; callers bucket by length) no mask is passed at
     # all: attention then takes its causal fast path instead of building a 4D mask per step.
     unpadded = bool(mask.all())

@@ -80,7 +80,8 @@ def _forward_bound(
     """
     from transformers import DynamicCache
 
-    from ..batching import common_prefix_length, pad_left, positions_from_mask
+    from ..batching import common_prefix_length, pad_left
+    from ..generation import shared_prefix
     from ..kv_cache import CACHE_KWARG
 
     body, head = model.get_decoder(), model.get_output_embeddings()
@@ -90,20 +91,12 @@ def _forward_bound(
     for idx in batches:
         # The shared template prefix runs once and its KV states are shared, as in the loop.
         shared = common_prefix_length([prompts[i] for i in idx])
-        cache = DynamicCache(config=model.config)
-        body(input_ids=torch.tensor([list(prompts[idx[0]][:shared])], device=device), **{CACHE_KWARG: cache})
-        for layer in cache.layers:
-            layer.keys = layer.keys.expand(len(idx), -1, -1, -1)
-            layer.values = layer.values.expand(len(idx), -1, -1, -1)
         rows = [list(prompts[i][shared:]) + list(responses[i]) for i in idx]
         input_ids, mask = pad_left(rows, tokenizer.pad_token_id)
-        mask = torch.cat([mask.new_ones((len(idx), shared)), mask], dim=1).to(device)
-        hidden = body(
-            input_ids=input_ids.to(device),
-            attention_mask=mask,
-            position_ids=positions_from_mask(mask)[:, shared:],
-            **{CACHE_KWARG: cache},
-        ).last_hidden_state
+        cache = DynamicCache(config=model.config)
+        mask, positions = shared_prefix(model, prompts[idx[0]][:shared], mask.to(device), cache)
+        inputs = {"input_ids": input_ids.to(device), "attention_mask": mask, "position_ids": positions}
+        hidden = body(**inputs, **{CACHE_KWARG: cache}).last_hidden_state
         # Left padding puts every response at the end of its row. The loop runs the LM head
         # once per new token plus once on the token after it: the last width + 1 positions.
         width = max(len(responses[i]) for i in idx)
@@ -111,12 +104,12 @@ def _forward_bound(
         tokens = head(tail.reshape(-1, tail.shape[-1])).float().argmax(dim=-1)
         predictions.append((idx, tokens.view(len(idx), width + 1)))
     seconds = time.perf_counter() - start
-    same = [
-        pred[row, width - len(responses[i]) : width].tolist() == list(responses[i])
-        for idx, pred in predictions
-        for row, i in enumerate(idx)
-        for width in [pred.shape[1] - 1]
-    ]
+    same: list[bool] = []
+    for idx, predicted in predictions:
+        width = predicted.shape[1] - 1
+        for row, i in enumerate(idx):
+            # The prediction of each response token sits one position before it.
+            same.append(predicted[row, width - len(responses[i]) : width].tolist() == list(responses[i]))
     return seconds, float(np.mean(same))
 
 
