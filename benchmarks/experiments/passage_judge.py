@@ -29,6 +29,8 @@ from tqdm import tqdm
 
 from l2vg_retrieval.backbones import load_backbone
 from l2vg_retrieval.batching import length_batches, pad_left, positions_from_mask
+from l2vg_retrieval.inputs import PromptTemplate, build_input_ids
+from l2vg_retrieval.safety import roc_auc, threshold_at_fpr
 from l2vg_retrieval.safety_data import LabelledText, load_benchmark_set, load_calibration_set
 
 QUESTION = (
@@ -51,14 +53,10 @@ def judge_scores(texts: list[str], batch_size: int = 32) -> np.ndarray:
     model, tokenizer = backbone.model, backbone.tokenizer
     yes = _answer_ids(tokenizer, ("Yes", " Yes", "yes", " yes"))
     no = _answer_ids(tokenizer, ("No", " No", "no", " no"))
-    prompts = []
-    for text in texts:
-        ids = tokenizer.encode(text, add_special_tokens=False)[:MAX_TEXT_TOKENS]
-        content = f"{QUESTION}\n\nText:\n{tokenizer.decode(ids)}"
-        chat = tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-        )
-        prompts.append(tokenizer.encode(chat, add_special_tokens=False))
+    template = PromptTemplate.for_tokenizer(tokenizer, use_chat_template=True)
+    prompts = build_input_ids(
+        tokenizer, template, texts, prompt=f"{QUESTION}\n\nText:", max_text_tokens=MAX_TEXT_TOKENS
+    )
     scores = np.zeros(len(texts))
     batches = length_batches([len(p) for p in prompts], batch_size)
     for idx in tqdm(batches, desc="judge", unit="batch"):
@@ -72,18 +70,12 @@ def judge_scores(texts: list[str], batch_size: int = 32) -> np.ndarray:
     return scores
 
 
-def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Probability that a harmful passage outscores a benign one (ties count half)."""
-    diff = pos[:, None] - neg[None, :]
-    return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
-
-
 def summarise(
     cal: list[LabelledText], held: list[LabelledText], s_cal: np.ndarray, s_held: np.ndarray
 ) -> dict[str, Any]:
-    benign_cal = np.array([s for r, s in zip(cal, s_cal, strict=True) if r.label == 0])
-    threshold = float(np.quantile(benign_cal, 1 - TARGET_FPR))
-    flagged = s_held > threshold
+    # The library's own rule: the lowest threshold (flag at or above) within the FPR budget.
+    threshold = threshold_at_fpr(s_cal, np.array([r.label for r in cal]), TARGET_FPR)
+    flagged = s_held >= threshold
     categories = sorted({r.category for r in held if r.label == 1})
     recall = {
         c: float(np.mean([f for r, f in zip(held, flagged, strict=True) if r.label == 1 and r.category == c]))
@@ -94,14 +86,13 @@ def summarise(
         d: float(np.mean([f for r, f in zip(held, flagged, strict=True) if r.label == 0 and r.domain == d]))
         for d in domains
     }
-    pos = np.array([s for r, s in zip(held, s_held, strict=True) if r.label == 1])
-    neg = np.array([s for r, s in zip(held, s_held, strict=True) if r.label == 0])
+    labels = np.array([r.label for r in held])
     return {
         "threshold": threshold,
-        "held_out_auc": auc(pos, neg),
+        "held_out_auc": roc_auc(s_held, labels),
         "recall_mean_over_categories": float(np.mean(list(recall.values()))),
         "recall_per_category": recall,
-        "benign_fpr_all": float(np.mean(neg > threshold)),
+        "benign_fpr_all": float(np.mean(flagged[labels == 0])),
         "benign_fpr_per_domain": fpr,
     }
 
