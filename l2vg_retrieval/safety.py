@@ -939,6 +939,13 @@ def fit_gate(
     return probe, threshold, report
 
 
+def _held_out_recall_at_choice(report: dict[str, Any]) -> float:
+    """The held-out-category recall of the hyperparameter the probe kept; -1 when the probe
+    was not chosen that way (a logistic probe, or too few categories)."""
+    recall = report.get("held_out_category_recall", {}).get(str(report.get("shrinkage")))
+    return -1.0 if recall is None else float(recall)
+
+
 def fit_screen(
     features: SafetyFeatures,
     passage_index: np.ndarray | None = None,
@@ -951,7 +958,10 @@ def fit_screen(
     probe_kind: ProbeKind = DEFAULT_SCREEN_PROBE,
 ) -> tuple[DocSpace, LogisticProbe, float, dict[str, Any]]:
     """The document screen from the passage rows ``passage_index`` selects: one probe per
-    space, the space with the best validation recall at the allowed FPR kept."""
+    space, the best kept. Spaces are compared the way an LDA probe's shrinkage is chosen:
+    by recall on harm categories held out of the training fold when the probe measured it
+    (a space that fits the calibrated categories best need not carry over to others), then
+    by validation recall at the allowed FPR, then by AUC."""
     d_idx = (
         np.arange(len(features.passages))
         if passage_index is None
@@ -963,7 +973,7 @@ def fit_screen(
         raise ValueError("calibration needs harmful and benign passage examples")
     spaces = list(doc_spaces) if doc_spaces is not None else list(features.doc_embeddings)
     reports: dict[str, Any] = {}
-    best: tuple[float, DocSpace, LogisticProbe, float] | None = None
+    best: tuple[tuple[float, float], DocSpace, LogisticProbe, float] | None = None
     for space in spaces:
         probe, threshold, report = fit_probe_with_threshold(
             features.doc_embeddings[space][d_idx], labels, max_fpr=max_fpr, val_fraction=val_fraction,
@@ -972,9 +982,8 @@ def fit_screen(
             categories=[str(getattr(r, "category", "") or "") for r in rows],
         )  # fmt: skip
         reports[space] = report
-        # Recall at the allowed FPR is what matters for the screen; AUC breaks ties.
-        key = report["recall"] + 1e-3 * report["auc"]
-        if best is None or key > best[0] + 1e-12:
+        key = (_held_out_recall_at_choice(report), report["recall"] + 1e-3 * report["auc"])
+        if best is None or _better(key, best[0]):
             best = (key, space, probe, threshold)
     if best is None:
         raise ValueError(f"doc_spaces must name at least one of {DOC_SPACES}")

@@ -23,6 +23,7 @@ from l2vg_retrieval.safety import (
     LogisticProbe,
     SafetyCalibration,
     SafetyCalibrationError,
+    SafetyFeatures,
     SafetyFilter,
     _family,
     _strata,
@@ -35,6 +36,7 @@ from l2vg_retrieval.safety import (
     featurize,
     fit_calibration,
     fit_probe_with_threshold,
+    fit_screen,
     held_out_category_recall,
     precision_recall,
     query_features,
@@ -138,6 +140,50 @@ def test_held_out_category_recall_never_fits_on_the_group_it_tests(monkeypatch: 
         assert not fitted & held_ids and fitted == set(range(7)) - held_ids
     with pytest.raises(ValueError, match="two categories"):
         held_out_category_recall("lda", x, y, [""] * len(y), 0.3, max_fpr=0.05)
+
+
+def _two_screen_spaces(seed: int = 0) -> SafetyFeatures:
+    """Passages of six harm categories in two spaces: in "generative" each category sits on
+    its own strong axis (fits the calibrated categories, says nothing of a new one); in
+    "teacher" every harmful passage shares one weaker axis (carries over to any category)."""
+    rng = np.random.default_rng(seed)
+    rows: list[LabelledText] = []
+    for c in range(6):
+        rows += [
+            LabelledText(f"h{c}-{i}", 1, "passage", category=f"c{c}", domain="harmful") for i in range(24)
+        ]
+        rows += [
+            LabelledText(f"l{c}-{i}", 0, "passage", category=f"c{c}", domain="lookalike") for i in range(12)
+        ]
+    rows += [LabelledText(f"g{i}", 0, "passage", domain="general") for i in range(240)]
+    fits, carries = rng.normal(0.0, 1.0, (len(rows), 8)), rng.normal(0.0, 1.0, (len(rows), 8))
+    for i, r in enumerate(rows):
+        if r.label:
+            fits[i, 1 + int(r.category[1:])] += 12.0
+            carries[i, 0] += 3.0
+    return SafetyFeatures(
+        encoder_fingerprint="synthetic", instruction=None, prototype=np.eye(8)[7], queries=[],
+        passages=rows, query_embeddings=np.zeros((0, 8)), answer_states=None,
+        answer_features=np.zeros((0, 2)), answer_token_ids={},
+        doc_embeddings={"generative": fits, "teacher": carries},
+    )  # fmt: skip
+
+
+def test_screen_space_is_chosen_by_held_out_categories_like_the_shrinkage() -> None:
+    features = _two_screen_spaces()
+    space, _, _, reports = fit_screen(
+        features, doc_spaces=("generative", "teacher"), max_fpr=0.05, probe_kind="lda"
+    )
+    held = {k: r["held_out_category_recall"][str(r["shrinkage"])] for k, r in reports.items()}
+    # The space that fits the calibrated categories wins on the validation fold (same
+    # categories) and loses on categories held out of the training fold; the latter decides.
+    assert reports["generative"]["recall"] > reports["teacher"]["recall"]
+    assert held["teacher"] > held["generative"] and space == "teacher"
+    # A logistic probe measures no held-out-category recall: validation recall decides.
+    space, _, _, reports = fit_screen(
+        features, doc_spaces=("generative", "teacher"), max_fpr=0.05, probe_kind="logistic"
+    )
+    assert all("held_out_category_recall" not in r for r in reports.values()) and space == "generative"
 
 
 def test_lda_shrinkage_is_chosen_by_held_out_categories_when_there_are_any() -> None:

@@ -1,0 +1,154 @@
+"""Does the screen generalise better when it reads several layers of the passage's pass at
+once? (issue 13, leave-one-category-out screen recall).
+
+One document pass over every packaged calibration and held-out passage, through the first
+23 layers, reads the probe features (last position + mean over the passage, each unit length)
+after layers 7, 11, 15, 19 and 23; the gate side is featurized as the library does. Every
+variant is then a numpy refit with the shipped screen (shrinkage LDA, shrinkage chosen on
+harm categories held out inside each fold) under the leave-one-category-out protocol of
+``l2vg bench harmful``. Layer 15 alone is the shipped screen and must reproduce its number.
+
+    python benchmarks/experiments/safety_screen_layers.py OUT.json \
+        [--checkpoint l2vg_retrieval/checkpoints/default] [--cache runs/exp/screen_layers.pkl] [--nested]
+
+Picking the best variant by these numbers would flatter it: they are the test. ``--nested``
+measures the choice instead: every fold is given all the variants and keeps one by recall on
+harm categories held out *inside* its own training rows (the rule ``fit_screen`` uses, the
+same that picks the LDA shrinkage), so the left-out category never takes part in it; the
+variant each fold kept is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from l2vg_retrieval import L2VGEncoder
+from l2vg_retrieval.batching import common_prefix_length, pad_left, positions_from_mask, run_batched
+from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
+from l2vg_retrieval.early_exit import truncated_body
+from l2vg_retrieval.safety import doc_probe_features, featurize
+from l2vg_retrieval.safety_data import load_benchmark_set, load_calibration_set, load_taxonomy
+
+LAYERS = (7, 11, 15, 19, 23)
+VARIANTS = {
+    "L15 (shipped)": (15,),
+    "L11": (11,),
+    "L19": (19,),
+    "L11+L15": (11, 15),
+    "L15+L19": (15, 19),
+    "L11+L15+L19": (11, 15, 19),
+    "L7+L15+L23": (7, 15, 23),
+}
+
+
+def layer_states(encoder: Any, texts: list[str], layers: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """``encoder.probe_states`` at several layers from one pass (hooks on the decoder layers)."""
+    prompt = encoder.config.document_prompt
+    ids = encoder.tokenize(texts, prompt)
+    hint = encoder.prefix_hint(prompt) or list(encoder.template.prefix_ids)
+    body = truncated_body(encoder.lm, max(layers), keep_norm=False)
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [
+        encoder.decoder_layers()[layer - 1].register_forward_hook(
+            lambda _m, _a, out, layer=layer: captured.__setitem__(
+                layer, out[0] if isinstance(out, tuple) else out
+            )
+        )
+        for layer in layers
+    ]
+
+    def states(batch: list[list[int]]) -> torch.Tensor:
+        input_ids, mask = pad_left(batch, encoder.tokenizer.pad_token_id)
+        body(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
+        )
+        own = torch.zeros_like(mask, dtype=torch.float32)
+        for row, row_ids in enumerate(batch):
+            n_own = len(row_ids) - common_prefix_length([row_ids], hint)
+            own[row, mask.shape[1] - n_own :] = 1.0
+        blocks = []
+        for layer in layers:
+            hidden = captured[layer].float()
+            mean = (hidden * own.unsqueeze(-1)).sum(1) / own.sum(1, keepdim=True)
+            blocks += [hidden[:, -1], mean]
+        return torch.cat(blocks, dim=1)
+
+    try:
+        with torch.inference_mode(), encoder._adapter_scope():
+            out = run_batched(
+                ids, [len(i) for i in ids], states, batch_size=16, show_progress_bar=True, desc="layers"
+            )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    width = 2 * encoder.hidden_size
+    arr = out.numpy().astype(np.float32)
+    return {layer: arr[:, i * width : (i + 1) * width] for i, layer in enumerate(layers)}
+
+
+def main(checkpoint: str, out: str, cache: Path, nested: bool = False) -> None:
+    cal, held = load_calibration_set(), load_benchmark_set()
+    rows = list(cal) + list(held)
+    if cache.exists():
+        features, per_layer = pickle.loads(cache.read_bytes())
+    else:
+        encoder = L2VGEncoder.from_pretrained(checkpoint, dtype="float32")
+        features = featurize(encoder, rows, doc_spaces=("teacher",), show_progress_bar=True)
+        per_layer = layer_states(encoder, [r.text for r in features.passages], LAYERS)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(pickle.dumps((features, per_layer)))
+    for name, layers in VARIANTS.items():
+        features.doc_embeddings[name] = np.hstack([doc_probe_features(per_layer[layer]) for layer in layers])
+    # Rows are matched by kind and text (the splits share no text): a cached feature table
+    # holds its own row objects.
+    held_texts = {(r.kind, r.text) for r in held}
+    present = {r.category for r in rows if r.category}
+    categories = [c for c in load_taxonomy().ids if c in present]
+    results: dict[str, Any] = {}
+    runs = {"nested: each fold chooses": tuple(VARIANTS)} if nested else {name: (name,) for name in VARIANTS}
+    for name, spaces in runs.items():
+        settings = LocoSettings(doc_spaces=spaces, screen_probe="lda")  # type: ignore[arg-type]
+        ev = GeneralisationEvaluator(
+            features,
+            lambda r: HELD_OUT if (r.kind, r.text) in held_texts else CALIBRATION,
+            categories,
+            settings,
+        )
+        screen = ev.leave_one_category_out(refusal_variants=())["screen"]
+        fpr = screen["benign_fpr"]
+        results[name] = {
+            "recall": screen["recall"],
+            "per_category": {c: m.get("recall") for c, m in screen["per_category"].items()},
+            "benign_fpr": fpr,
+            "variant_per_fold": screen["doc_space_per_fold"],
+        }
+        print(
+            f"{name:22s} LOCO screen mean {screen['recall']['mean']:.3f} min {screen['recall']['min']:.2f}"
+            f" below half {screen['recall']['below_half']} | FPR all {fpr['all']['mean']:.3f}"
+            f" technical max {fpr.get('technical', {}).get('max', 0.0):.3f}",
+            flush=True,
+        )
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(
+        json.dumps(
+            {"encoder_fingerprint": features.encoder_fingerprint, "variants": results}, indent=1, default=str
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out")
+    parser.add_argument("--checkpoint", default="l2vg_retrieval/checkpoints/default")
+    parser.add_argument("--cache", default="runs/exp/screen_layers.pkl")
+    parser.add_argument("--nested", action="store_true", help="each fold chooses its variant (see above)")
+    args = parser.parse_args()
+    main(args.checkpoint, args.out, Path(args.cache), args.nested)
