@@ -67,9 +67,10 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(
                 "--doc-space",
-                help="what the document screen reads (repeatable: the best on validation is kept): "
-                "probe (the document pass's state after the probe layer; default with a probe "
-                "layer), generative, teacher (the passage's vector in that document mode)",
+                help="what the document screen reads (repeatable: the LDA screen keeps the one with "
+                "the best recall on harm categories held out of its training fold): probe (the "
+                "document pass's state after the probe layer; default with a probe layer), "
+                "generative, teacher (the passage's vector in that document mode)",
             ),
         ] = None,
         min_family_size: Annotated[
