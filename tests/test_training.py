@@ -537,6 +537,8 @@ def test_run_training_end_to_end_writes_every_stage(uninterrupted_run: tuple[Pat
         "teacher(query)",
     }
     assert len(heldout["decoded"]) == 4
+    assert -1.0 <= heldout["models"]["l2vg-trained"]["response_text_cosine"] <= 1.0
+    assert "response_text_cosine" not in heldout["models"]["teacher(query)"]
     assert "| l2vg-trained |" in (run / "heldout_eval.md").read_text()
     assert json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(summary))
     # The final checkpoint loads through the public API and records the run.

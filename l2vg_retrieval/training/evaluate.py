@@ -4,6 +4,11 @@
   embedding of the backbone's response to that query;
 - response retrieval: each query must retrieve its own response among all held-out
   responses (Recall@1, nDCG@10; one relevant item per query);
+- response-text cosine: the encoder reads the *response itself* with the document prompt
+  (the generative path), and its vector is compared with the teacher's vector of the same
+  text. That is the easier half of the query's task (no answer to predict, only text to
+  map into the teacher's space), so it is a reference for how far the query-side
+  alignment can go with this encoder's capacity;
 - reconstruction: ``decode`` of a few queries next to the real responses.
 """
 
@@ -56,6 +61,10 @@ def evaluate_heldout(
         report["models"][name] = entry
 
     score("l2vg-trained", encoder, same_space=True)
+    own = encoder.encode(responses, prompt=encoder.config.document_prompt, batch_size=batch_size)
+    report["models"]["l2vg-trained"]["response_text_cosine"] = float(
+        np.mean(np.sum(own * response_vecs, axis=1))
+    )
     for name, model in (baselines or {}).items():
         score(name, model, same_space=name.startswith(("l2vg", "teacher")))
     if n_decode:
@@ -115,4 +124,11 @@ def format_table(report: dict[str, Any]) -> str:
             f"| {name} | {cos_text} | {m['recall@1']:.3f} | {m['recall@10']:.3f} | "
             f"{m['ndcg@10']:.3f} | {m['mrr']:.3f} |"
         )
+    own = report["models"].get("l2vg-trained", {}).get("response_text_cosine")
+    if own is not None:
+        lines += [
+            "",
+            f"The trained encoder's own vector of each *response text* (document prompt) has cosine "
+            f"{own:.3f} to the teacher's vector of it: the reference for its query-side alignment.",
+        ]
     return "\n".join(lines)
