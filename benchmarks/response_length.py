@@ -5,7 +5,10 @@ answer length that makes generate-then-encode retrieve best is the one worth cac
 training. Each length is scored on the same fixed sample of QA queries against the whole
 QA corpus embedded by the teacher (embedded once and shared).
 
-    python -m benchmarks.response_length --queries 100 --lengths 48,96
+    python -m benchmarks.response_length --queries 100 --lengths 48,96 [--out-dir DIR]
+
+Results go to ``benchmarks/results/ablations/response_length.json`` by default (a choice made
+once for the training data, not a headline benchmark).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--lengths", default="48,96")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--out-dir", default="benchmarks/results/ablations")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     qa = load_qa()
@@ -64,6 +68,7 @@ def main() -> None:
             "generation_seconds": seconds,
             "mean_answer_words": mean_words,
         },
+        args.out_dir,
     )
     print(f"wrote {path}")
 
