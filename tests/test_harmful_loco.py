@@ -18,6 +18,8 @@ from l2vg_retrieval.bench.harmful_loco import (
     generalisation_markdown,
     plot_generalisation,
     run_generalisation,
+    screen_variant_line,
+    screen_variant_record,
 )
 from l2vg_retrieval.safety import SafetyFeatures
 from l2vg_retrieval.safety_data import LabelledText
@@ -172,3 +174,17 @@ def test_a_category_without_passages_is_reported_not_averaged(tmp_path: Path) ->
     console = Console(record=True, width=200)
     console.print(generalisation_table(report))
     assert "mean" in console.export_text()
+
+
+def test_screen_variant_record_and_line_summarise_one_loco_screen() -> None:
+    screen = GeneralisationEvaluator(_table(), _split, CATEGORIES).leave_one_category_out(
+        refusal_variants=()
+    )["screen"]
+    record = screen_variant_record(screen)
+    assert record["per_category"] == {c: screen["per_category"][c]["recall"] for c in CATEGORIES}
+    assert record["recall"] == screen["recall"] and record["benign_fpr"] == screen["benign_fpr"]
+    assert set(record["variant_per_fold"]) == set(CATEGORIES)
+    assert set(record["variant_per_fold"].values()) <= {"generative", "teacher"}
+    line = screen_variant_line("probe", screen)
+    assert line.startswith("probe ") and f"mean {screen['recall']['mean']:.3f}" in line
+    assert f"technical max {screen['benign_fpr']['technical']['max']:.3f}" in line

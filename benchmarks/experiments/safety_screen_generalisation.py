@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 
 from l2vg_retrieval import L2VGEncoder
-from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
+from l2vg_retrieval.bench.harmful_loco import (
+    CALIBRATION,
+    HELD_OUT,
+    GeneralisationEvaluator,
+    LocoSettings,
+    screen_variant_line,
+    screen_variant_record,
+)
 from l2vg_retrieval.safety import PROBE_KINDS, SafetyFeatures, doc_probe_features, featurize
 from l2vg_retrieval.safety_data import load_benchmark_set, load_calibration_set, load_taxonomy
 
@@ -113,20 +120,8 @@ def main(checkpoint: str, out: str, cache: str, all_logistic: bool = False) -> N
             )
             screen = ev.leave_one_category_out(refusal_variants=())["screen"]
             key = f"{kind}/{name}"
-            results[key] = {
-                "recall": screen["recall"],
-                "per_category": {c: m.get("recall") for c, m in screen["per_category"].items()},
-                "lookalike_fpr": {c: m.get("lookalike_fpr") for c, m in screen["per_category"].items()},
-                "benign_fpr": screen["benign_fpr"],
-            }
-            fpr = screen["benign_fpr"]
-            technical = fpr.get("technical", {}).get("max", 0.0)
-            print(
-                f"{key:28s} LOCO screen mean {screen['recall']['mean']:.3f} min {screen['recall']['min']:.2f}"
-                f" below half {screen['recall']['below_half']}"
-                f" | FPR all {fpr['all']['mean']:.3f} technical max {technical:.3f}",
-                flush=True,
-            )
+            results[key] = screen_variant_record(screen)
+            print(screen_variant_line(key, screen), flush=True)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     report = {"encoder_fingerprint": features.encoder_fingerprint, "variants": results}
     Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")

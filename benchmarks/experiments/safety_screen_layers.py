@@ -31,7 +31,14 @@ import torch
 
 from l2vg_retrieval import L2VGEncoder
 from l2vg_retrieval.batching import common_prefix_length, pad_left, positions_from_mask, run_batched
-from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
+from l2vg_retrieval.bench.harmful_loco import (
+    CALIBRATION,
+    HELD_OUT,
+    GeneralisationEvaluator,
+    LocoSettings,
+    screen_variant_line,
+    screen_variant_record,
+)
 from l2vg_retrieval.early_exit import truncated_body
 from l2vg_retrieval.safety import doc_probe_features, featurize
 from l2vg_retrieval.safety_data import load_benchmark_set, load_calibration_set, load_taxonomy
@@ -122,19 +129,8 @@ def main(checkpoint: str, out: str, cache: Path, nested: bool = False) -> None:
             settings,
         )
         screen = ev.leave_one_category_out(refusal_variants=())["screen"]
-        fpr = screen["benign_fpr"]
-        results[name] = {
-            "recall": screen["recall"],
-            "per_category": {c: m.get("recall") for c, m in screen["per_category"].items()},
-            "benign_fpr": fpr,
-            "variant_per_fold": screen["doc_space_per_fold"],
-        }
-        print(
-            f"{name:22s} LOCO screen mean {screen['recall']['mean']:.3f} min {screen['recall']['min']:.2f}"
-            f" below half {screen['recall']['below_half']} | FPR all {fpr['all']['mean']:.3f}"
-            f" technical max {fpr.get('technical', {}).get('max', 0.0):.3f}",
-            flush=True,
-        )
+        results[name] = screen_variant_record(screen)
+        print(screen_variant_line(name, screen), flush=True)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(
         json.dumps(

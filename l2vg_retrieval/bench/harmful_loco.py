@@ -306,6 +306,31 @@ def _mean_fpr(per_fold: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, 
     return out
 
 
+def screen_variant_record(screen: Mapping[str, Any]) -> dict[str, Any]:
+    """What an experiment keeps of one leave-one-category-out screen result: recall summary,
+    recall and look-alike FPR per category, benign FPR per family, the variant (document
+    space) each fold kept."""
+    per = screen["per_category"]
+    return {
+        "recall": screen["recall"],
+        "per_category": {c: m.get("recall") for c, m in per.items()},
+        "lookalike_fpr": {c: m.get("lookalike_fpr") for c, m in per.items()},
+        "benign_fpr": screen["benign_fpr"],
+        "variant_per_fold": screen.get("doc_space_per_fold", {}),
+    }
+
+
+def screen_variant_line(name: str, screen: Mapping[str, Any]) -> str:
+    """One printed line per screen variant: mean and worst left-out recall, categories under
+    half, pooled benign FPR and the worst fold's FPR on technical passages."""
+    recall, fpr = screen["recall"], screen["benign_fpr"]
+    technical = fpr.get("technical", {}).get("max", 0.0)
+    return (
+        f"{name:28s} LOCO screen mean {recall['mean']:.3f} min {recall['min']:.2f}"
+        f" below half {recall['below_half']} | FPR all {fpr['all']['mean']:.3f} technical max {technical:.3f}"
+    )
+
+
 def refusal_contribution(loco: Mapping[str, Any]) -> dict[str, Any]:
     """Per-category change in LOCO gate recall when the refusal signal is added."""
     gate = loco["gate"]
