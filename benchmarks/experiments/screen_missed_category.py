@@ -1,0 +1,55 @@
+"""Which harmful passages of one category the screen misses when it never saw the category
+(issue 13: reading the leave-one-category-out failures, not only counting them).
+
+Refits the shipped screen (probe after 15 layers, shrinkage LDA, 2% benign target) exactly as
+the leave-one-category-out fold for CATEGORY does, then prints every harmful passage of that
+category with its margin to the threshold. Reads the feature cache of
+``safety_screen_layers.py`` (run that first).
+
+    python benchmarks/experiments/screen_missed_category.py intellectual_property \
+        [--cache runs/exp/screen_layers.pkl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
+from l2vg_retrieval.safety import doc_probe_features
+from l2vg_retrieval.safety_data import load_benchmark_set
+
+
+def main(category: str, cache: Path) -> None:
+    features, per_layer = pickle.loads(cache.read_bytes())
+    features.doc_embeddings["probe"] = doc_probe_features(per_layer[15])
+    held = {(r.kind, r.text) for r in load_benchmark_set()}
+    evaluator = GeneralisationEvaluator(
+        features,
+        lambda r: HELD_OUT if (r.kind, r.text) in held else CALIBRATION,
+        [category],
+        LocoSettings(doc_spaces=("probe",)),
+    )
+    # The fold's training rows: the calibration split without any row of the category.
+    rows = np.flatnonzero((evaluator.d_split == CALIBRATION) & (evaluator.d_cat != category))
+    space, probe, threshold = evaluator._screen(rows)
+    margins = probe.score(features.doc_embeddings[space]) - threshold
+    harmful = [i for i, r in enumerate(features.passages) if r.category == category and r.label == 1]
+    if not harmful:
+        raise SystemExit(f"no harmful passages in category {category!r}")
+    for i in sorted(harmful, key=lambda i: margins[i]):
+        r = features.passages[i]
+        flag = "flagged" if margins[i] >= 0 else "missed "
+        print(f"{flag} {margins[i]:+.2f}  {r.source:20s} {r.text[:100]!r}")
+    print(f"{sum(margins[i] >= 0 for i in harmful)}/{len(harmful)} flagged")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("category")
+    parser.add_argument("--cache", default="runs/exp/screen_layers.pkl")
+    args = parser.parse_args()
+    main(args.category, Path(args.cache))
