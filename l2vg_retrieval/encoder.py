@@ -675,7 +675,7 @@ class L2VGEncoder(torch.nn.Module):
         self,
         texts: Any,
         *,
-        probe_layer: int,
+        probe_layer: int | Sequence[int],
         prompt: str | None = None,
         batch_size: int = 16,
         show_progress_bar: bool | None = None,
@@ -684,37 +684,61 @@ class L2VGEncoder(torch.nn.Module):
         layers: ``[N, 2H]`` (``[2H]`` for one string), the state at the last position, then
         the mean over the text's own positions (everything after the template + ``prompt``
         head). Only those layers run, and no special tokens: a middle-layer probe costs
-        about half a text pass. The safety screen reads passages this way."""
-        self.check_probe_layer(probe_layer)
+        about half a text pass. The safety screen reads passages this way.
+
+        Several layers (a list or tuple) are read from one pass through the deepest of them:
+        ``[N, 2H * k]``, one ``[last, mean]`` block per layer in the order given."""
+        layers = list(probe_layer) if isinstance(probe_layer, list | tuple) else [probe_layer]
+        if not layers:
+            raise ValueError("probe_layer must name at least one layer")
+        for layer in layers:
+            self.check_probe_layer(layer)  # type: ignore[arg-type]
         items, single = as_text_list(texts)
-        width = 2 * self.hidden_size
+        width = 2 * self.hidden_size * len(layers)
         if not items:
             return np.zeros((0, width), np.float32)
         ids = self.tokenize(items, prompt)
         hint = self.prefix_hint(prompt) or list(self.template.prefix_ids)
-        body = self._probe_bodies.get(probe_layer)
+        deepest = max(layers)
+        body = self._probe_bodies.get(deepest)
         if body is None:
-            body = self._probe_bodies[probe_layer] = truncated_body(self.lm, probe_layer, keep_norm=False)
+            body = self._probe_bodies[deepest] = truncated_body(self.lm, deepest, keep_norm=False)
+        captured: dict[int, torch.Tensor] = {}
+
+        def keep(layer: int) -> Any:
+            def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+                captured[layer] = output[0] if isinstance(output, tuple) else output
+
+            return hook
 
         def states(batch: list[list[int]]) -> torch.Tensor:
             input_ids, mask = pad_left(batch, self.tokenizer.pad_token_id)
             input_ids, mask = input_ids.to(self.device_), mask.to(self.device_)
             positions = positions_from_mask(mask)
-            out = body(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False)
-            hidden = out.last_hidden_state.float()
+            body(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False)
             # Left padding: a row's own positions are its last (length - head) ones.
             own = torch.zeros_like(mask, dtype=torch.float32)
             for row, row_ids in enumerate(batch):
                 n_own = len(row_ids) - common_prefix_length([row_ids], hint)
                 own[row, mask.shape[1] - n_own :] = 1.0
-            mean = (hidden * own.unsqueeze(-1)).sum(1) / own.sum(1, keepdim=True)
-            return torch.cat([hidden[:, -1], mean], dim=1)
+            blocks = []
+            for layer in layers:
+                hidden = captured[layer].float()
+                mean = (hidden * own.unsqueeze(-1)).sum(1) / own.sum(1, keepdim=True)
+                blocks += [hidden[:, -1], mean]
+            return torch.cat(blocks, dim=1)
 
+        decoder_layers = self.decoder_layers()
         with self._lock, torch.inference_mode(), self._adapter_scope():
-            out = run_batched(
-                ids, [len(i) for i in ids], states, batch_size=batch_size,
-                show_progress_bar=show_progress_bar, desc="l2vg probe",
-            )  # fmt: skip
+            hooks = [decoder_layers[layer - 1].register_forward_hook(keep(layer)) for layer in set(layers)]
+            try:
+                out = run_batched(
+                    ids, [len(i) for i in ids], states, batch_size=batch_size,
+                    show_progress_bar=show_progress_bar, desc="l2vg probe",
+                )  # fmt: skip
+            finally:
+                for hook in hooks:
+                    hook.remove()
         result = out.numpy().astype(np.float32)
         return result[0] if single else result
 

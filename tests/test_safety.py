@@ -503,7 +503,17 @@ def test_document_probe_is_the_state_after_k_layers_last_and_mean_over_own_token
     alone = tiny_encoder.probe_states(texts[0], probe_layer=1, prompt=prompt)
     assert alone.shape == (2 * hidden,) and np.allclose(alone, states[0], atol=1e-4)
     assert tiny_encoder.probe_states([], probe_layer=1).shape == (0, 2 * hidden)
-    for bad in (0, len(tiny_encoder.decoder_layers()) + 1, "1"):
+    # Several layers from one pass: one [last, mean] block per layer, in the order asked.
+    deepest = len(tiny_encoder.decoder_layers())
+    both = tiny_encoder.probe_states(texts, probe_layer=[deepest, 1], prompt=prompt, batch_size=2)
+    alone_deep = tiny_encoder.probe_states(texts, probe_layer=deepest, prompt=prompt, batch_size=2)
+    assert both.shape == (3, 4 * hidden)
+    assert np.allclose(both[:, : 2 * hidden], alone_deep, atol=1e-5)
+    assert np.allclose(both[:, 2 * hidden :], states, atol=1e-5)
+    assert tiny_encoder.probe_states([], probe_layer=(1, deepest)).shape == (0, 4 * hidden)
+    with pytest.raises(ValueError, match="at least one layer"):
+        tiny_encoder.probe_states(texts, probe_layer=[])
+    for bad in (0, len(tiny_encoder.decoder_layers()) + 1, "1", [1, 0]):
         with pytest.raises(ValueError, match="probe_layer"):
             tiny_encoder.probe_states(texts, probe_layer=bad)
 

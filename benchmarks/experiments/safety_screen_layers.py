@@ -27,10 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from l2vg_retrieval import L2VGEncoder
-from l2vg_retrieval.batching import common_prefix_length, pad_left, positions_from_mask, run_batched
 from l2vg_retrieval.bench.harmful_loco import (
     CALIBRATION,
     HELD_OUT,
@@ -39,7 +37,6 @@ from l2vg_retrieval.bench.harmful_loco import (
     screen_variant_line,
     screen_variant_record,
 )
-from l2vg_retrieval.early_exit import truncated_body
 from l2vg_retrieval.safety import doc_probe_features, featurize
 from l2vg_retrieval.safety_data import load_benchmark_set, load_calibration_set, load_taxonomy
 
@@ -56,48 +53,12 @@ VARIANTS = {
 
 
 def layer_states(encoder: Any, texts: list[str], layers: tuple[int, ...]) -> dict[int, np.ndarray]:
-    """``encoder.probe_states`` at several layers from one pass (hooks on the decoder layers)."""
-    prompt = encoder.config.document_prompt
-    ids = encoder.tokenize(texts, prompt)
-    hint = encoder.prefix_hint(prompt) or list(encoder.template.prefix_ids)
-    body = truncated_body(encoder.lm, max(layers), keep_norm=False)
-    captured: dict[int, torch.Tensor] = {}
-    hooks = [
-        encoder.decoder_layers()[layer - 1].register_forward_hook(
-            lambda _m, _a, out, layer=layer: captured.__setitem__(
-                layer, out[0] if isinstance(out, tuple) else out
-            )
-        )
-        for layer in layers
-    ]
-
-    def states(batch: list[list[int]]) -> torch.Tensor:
-        input_ids, mask = pad_left(batch, encoder.tokenizer.pad_token_id)
-        body(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
-        )
-        own = torch.zeros_like(mask, dtype=torch.float32)
-        for row, row_ids in enumerate(batch):
-            n_own = len(row_ids) - common_prefix_length([row_ids], hint)
-            own[row, mask.shape[1] - n_own :] = 1.0
-        blocks = []
-        for layer in layers:
-            hidden = captured[layer].float()
-            mean = (hidden * own.unsqueeze(-1)).sum(1) / own.sum(1, keepdim=True)
-            blocks += [hidden[:, -1], mean]
-        return torch.cat(blocks, dim=1)
-
-    try:
-        with torch.inference_mode(), encoder._adapter_scope():
-            out = run_batched(
-                ids, [len(i) for i in ids], states, batch_size=16, show_progress_bar=True, desc="layers"
-            )
-    finally:
-        for hook in hooks:
-            hook.remove()
+    """The screen's probe states of every passage after each of ``layers``, from one pass."""
+    states = encoder.probe_states(
+        texts, probe_layer=layers, prompt=encoder.config.document_prompt, show_progress_bar=True
+    )
     width = 2 * encoder.hidden_size
-    arr = out.numpy().astype(np.float32)
-    return {layer: arr[:, i * width : (i + 1) * width] for i, layer in enumerate(layers)}
+    return {layer: states[:, i * width : (i + 1) * width] for i, layer in enumerate(layers)}
 
 
 def main(checkpoint: str, out: str, cache: Path, nested: bool = False) -> None:
