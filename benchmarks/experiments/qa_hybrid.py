@@ -14,6 +14,7 @@ the response text itself (document prompt) and of the query, each against the te
 vector of the same text.
 
     python benchmarks/experiments/qa_hybrid.py OUT.json [--cache runs/exp/qa_mix.npz]
+    python benchmarks/experiments/qa_hybrid.py OUT.json --checkpoint DIR --heldout-only
 
 The encoder runs once (QA-1500 queries and passages, ~10 min on 2 cores); the grid is numpy.
 """
@@ -59,9 +60,18 @@ def heldout_alignment(l2vg: Any, n: int = 300) -> dict[str, float]:
     return out
 
 
-def main(out: str, cache: Path) -> None:
+def main(out: str, cache: Path, checkpoint: str | None = None, heldout_only: bool = False) -> None:
+    l2vg = load_l2vg(checkpoint)
+    if heldout_only:
+        report = {
+            "checkpoint": checkpoint or "packaged default",
+            "heldout_alignment_cosine": heldout_alignment(l2vg),
+        }
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1) + "\n")
+        print(json.dumps(report["heldout_alignment_cosine"]))
+        return
     _, qa = load_and_select(None, max_queries=None, max_passages=1500)
-    l2vg = load_l2vg(None)
     if cache.exists():
         z = np.load(cache)
         tq, td, sq, sd = z["tq"], z["td"], z["sq"], z["sd"]
@@ -110,5 +120,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out")
     parser.add_argument("--cache", default="runs/exp/qa_mix.npz")
+    parser.add_argument("--checkpoint", default=None, help="an encoder folder (default: the packaged one)")
+    parser.add_argument(
+        "--heldout-only", action="store_true", help="only the held-out alignment cosines and their references"
+    )
     args = parser.parse_args()
-    main(args.out, Path(args.cache))
+    if args.checkpoint and not args.heldout_only and Path(args.cache).exists():
+        parser.error(
+            "--cache holds the packaged default's vectors: give a new --cache path with --checkpoint"
+        )
+    main(args.out, Path(args.cache), args.checkpoint, args.heldout_only)
