@@ -8,6 +8,11 @@ category with its margin to the threshold. Reads the feature cache of
 
     python benchmarks/experiments/screen_missed_category.py intellectual_property \
         [--cache runs/exp/screen_layers.pkl]
+    python benchmarks/experiments/screen_missed_category.py all
+
+``all`` runs every category's fold and prints, per category, how many of its full harmful
+passages and of their short leads (the opening sentences, ``source`` ending in ``:lead``)
+the fold's screen flags.
 """
 
 from __future__ import annotations
@@ -15,17 +20,18 @@ from __future__ import annotations
 import argparse
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
 from l2vg_retrieval.safety import doc_probe_features
-from l2vg_retrieval.safety_data import load_benchmark_set
+from l2vg_retrieval.safety_data import load_benchmark_set, load_taxonomy
 
 
-def main(category: str, cache: Path) -> None:
-    features, per_layer = pickle.loads(cache.read_bytes())
-    features.doc_embeddings["probe"] = doc_probe_features(per_layer[15])
+def fold_margins(features: Any, category: str) -> tuple[np.ndarray, list[int]]:
+    """Every passage's margin to the threshold of ``category``'s fold, and the indices of
+    that category's harmful passages."""
     held = {(r.kind, r.text) for r in load_benchmark_set()}
     evaluator = GeneralisationEvaluator(
         features,
@@ -38,6 +44,34 @@ def main(category: str, cache: Path) -> None:
     space, probe, threshold = evaluator._screen(rows)
     margins = probe.score(features.doc_embeddings[space]) - threshold
     harmful = [i for i, r in enumerate(features.passages) if r.category == category and r.label == 1]
+    return margins, harmful
+
+
+def _counts_line(name: str, counts: dict[str, list[int]]) -> str:
+    (full, n_full), (leads, n_leads) = counts["full"], counts["lead"]
+    return f"{name:28s} full passages flagged {full}/{n_full}  leads flagged {leads}/{n_leads}"
+
+
+def main(category: str, cache: Path) -> None:
+    features, per_layer = pickle.loads(cache.read_bytes())
+    features.doc_embeddings["probe"] = doc_probe_features(per_layer[15])
+    if category == "all":
+        totals = {"full": [0, 0], "lead": [0, 0]}
+        present = {r.category for r in features.passages if r.label == 1 and r.category}
+        for name in [c for c in load_taxonomy().ids if c in present]:
+            margins, harmful = fold_margins(features, name)
+            counts = {"full": [0, 0], "lead": [0, 0]}
+            for i in harmful:
+                kind = "lead" if features.passages[i].source.endswith(":lead") else "full"
+                counts[kind][0] += int(margins[i] >= 0)
+                counts[kind][1] += 1
+            for kind in totals:
+                totals[kind][0] += counts[kind][0]
+                totals[kind][1] += counts[kind][1]
+            print(_counts_line(name, counts))
+        print(_counts_line("all", totals))
+        return
+    margins, harmful = fold_margins(features, category)
     if not harmful:
         raise SystemExit(f"no harmful passages in category {category!r}")
     for i in sorted(harmful, key=lambda i: margins[i]):
@@ -49,7 +83,7 @@ def main(category: str, cache: Path) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("category")
+    parser.add_argument("category", help="a taxonomy id, or all")
     parser.add_argument("--cache", default="runs/exp/screen_layers.pkl")
     args = parser.parse_args()
     main(args.category, Path(args.cache))
