@@ -340,6 +340,14 @@ def load_benchmark_set(path: Path | None = None) -> list[LabelledText]:
     return load_calibration_set(path or HARM_DATA_DIR / BENCHMARK_FILE)
 
 
+def categories_in(rows: Iterable[LabelledText]) -> list[str]:
+    """The harm categories the rows name, in the taxonomy's order; categories the taxonomy
+    does not know (a user's own data) follow, sorted."""
+    present = {r.category for r in rows if r.category}
+    known = load_taxonomy().ids
+    return [c for c in known if c in present] + sorted(present - set(known))
+
+
 def split_by_kind(rows: Sequence[LabelledText], kind: str) -> tuple[list[str], np.ndarray]:
     picked = [r for r in rows if r.kind == kind]
     return [r.text for r in picked], np.array([r.label for r in picked], dtype=np.int64)

@@ -19,6 +19,7 @@ from l2vg_retrieval.safety_data import (
     Behaviour,
     LabelledText,
     add_leads,
+    categories_in,
     check_disjoint,
     lead_excerpt,
     load_benchmark_set,
@@ -235,3 +236,17 @@ def test_build_info_matches_the_files(splits: tuple[list[LabelledText], list[Lab
     assert info["counts"]["calibration"]["total"] == len(splits[0])
     assert info["counts"]["benchmark"]["total"] == len(splits[1])
     assert Behaviour("x", "t", "harmbench", "illegal").source_key == "harmbench:illegal"
+
+
+def test_categories_in_follows_the_taxonomy_then_unknown_categories_sorted() -> None:
+    ids = load_taxonomy().ids
+    rows = [
+        LabelledText("a", 1, "query", category="zz_user"),
+        LabelledText("b", 1, "query", category=ids[3]),
+        LabelledText("c", 0, "passage", category=ids[0]),
+        LabelledText("d", 0, "passage"),
+        LabelledText("e", 1, "passage", category="aa_user"),
+        LabelledText("f", 1, "passage", category=ids[3]),
+    ]
+    assert categories_in(rows) == [ids[0], ids[3], "aa_user", "zz_user"]
+    assert categories_in([]) == []

@@ -122,6 +122,13 @@ def test_a_fold_never_fits_or_thresholds_on_its_category(monkeypatch: pytest.Mon
     assert "B" not in q_cats | d_cats and {"A", "C", ""} <= q_cats
     assert {features.queries[i].source for i in fold.gate_rows} == {CALIBRATION}
     assert loco["folds"]["B"]["fit_categories"] == ["A", "C"]
+    # The fold's rows and screen are there to be read on their own, the same as the protocol's.
+    q_rows, d_rows = evaluator.fold_rows("B")
+    assert q_rows.tolist() == fold.gate_rows.tolist() and d_rows.tolist() == fold.screen_rows.tolist()
+    space, probe, threshold = evaluator.fold_screen("B")
+    harmful_b = [i for i, r in enumerate(features.passages) if r.category == "B" and r.label == 1]
+    flagged = probe.score(features.doc_embeddings[space][harmful_b]) >= threshold
+    assert float(flagged.mean()) == loco["screen"]["per_category"]["B"]["recall"]
     # ...and it is tested on every row of B, from both splits (none was seen).
     per = loco["gate"]["with_refusal_signal"]["per_category"]["B"]
     assert per["n_harmful"] == 40 and per["n_lookalike"] == 20

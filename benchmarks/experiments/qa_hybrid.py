@@ -41,11 +41,20 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def heldout_alignment(l2vg: Any, n: int = 300) -> dict[str, float]:
-    held = [json.loads(line) for line in (ROOT / "data/queries/queries.heldout.jsonl").open()][:n]
+def pool_responses() -> dict[str, dict[str, Any]]:
+    """The committed response cache (every training and held-out query), by id."""
     with gzip.open(ROOT / "data/responses/pool48.responses.jsonl.gz", "rt") as fh:
-        responses = {r["id"]: r for r in map(json.loads, fh)}
-    rows = [responses[h["id"]] for h in held if h["id"] in responses]
+        return {r["id"]: r for r in map(json.loads, fh)}
+
+
+def heldout_rows(responses: dict[str, dict[str, Any]], n: int = 300) -> list[dict[str, Any]]:
+    """The first ``n`` held-out queries with their responses: the training pipeline's split."""
+    held = [json.loads(line) for line in (ROOT / "data/queries/queries.heldout.jsonl").open()][:n]
+    return [responses[h["id"]] for h in held if h["id"] in responses]
+
+
+def heldout_alignment(l2vg: Any, n: int = 300) -> dict[str, float]:
+    rows = heldout_rows(pool_responses(), n)
     queries = [r["query"] for r in rows]
     targets = l2vg.teacher.encode([r["response"].strip() or r["query"] for r in rows], batch_size=64)
     student, teacher = l2vg.encode_query(queries, batch_size=32), l2vg.teacher.encode(queries, batch_size=64)

@@ -15,39 +15,31 @@ About 20 min on 2 cores for 8,000 examples (24,000 encoder passes).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
+from qa_hybrid import ROOT, heldout_rows, pool_responses
 
 from l2vg_retrieval import L2VGEncoder
+from l2vg_retrieval.training.evaluate import curve_evaluator
 from l2vg_retrieval.training.refit import refit_alignment_head
 from l2vg_retrieval.training.targets import build_targets
 from l2vg_retrieval.training.trainer import make_examples
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def heldout_cosine(encoder: L2VGEncoder, rows: list[dict]) -> float:
-    targets = encoder.teacher.encode([r["response"].strip() or r["query"] for r in rows], batch_size=64)
-    queries = encoder.encode_query([r["query"] for r in rows], batch_size=32)
-    return float(np.mean(np.sum(queries * targets, axis=1)))
-
 
 def main(out: str, n_examples: int) -> None:
-    with gzip.open(ROOT / "data/responses/pool48.responses.jsonl.gz", "rt") as fh:
-        responses = {r["id"]: r for r in map(json.loads, fh)}
+    responses = pool_responses()
     train_ids = [json.loads(line)["id"] for line in (ROOT / "data/queries/queries.train.jsonl").open()]
     train_ids = [i for i in train_ids if i in responses]
-    held_ids = [json.loads(line)["id"] for line in (ROOT / "data/queries/queries.heldout.jsonl").open()][:300]
-    rows = [responses[i] for i in held_ids if i in responses]
+    rows = heldout_rows(responses)
     pick = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(0))[:n_examples].tolist()
     chosen = {train_ids[i]: responses[train_ids[i]] for i in pick}
     encoder = L2VGEncoder.from_pretrained()
-    before = heldout_cosine(encoder, rows)
+    # The teacher's vectors of the held-out responses are computed once, for both readings.
+    heldout_cosine = curve_evaluator(rows, teacher=encoder.teacher)
+    before = heldout_cosine(encoder)["alignment_cosine"]
     with tempfile.TemporaryDirectory() as tmp:
         targets = build_targets(chosen, encoder.teacher, Path(tmp) / "targets.safetensors")
     examples = make_examples(encoder, chosen, targets, list(chosen), max_response_tokens=48)
@@ -58,7 +50,7 @@ def main(out: str, n_examples: int) -> None:
         seed=0,
         document_prompt=encoder.config.document_prompt,
     )
-    after = heldout_cosine(encoder, rows)
+    after = heldout_cosine(encoder)["alignment_cosine"]
     report = {
         "command": f"python benchmarks/experiments/refit_size.py {out} --examples {n_examples}",
         "examples": len(examples),

@@ -26,7 +26,7 @@ import numpy as np
 
 from l2vg_retrieval import safety
 from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
-from l2vg_retrieval.safety_data import load_taxonomy
+from l2vg_retrieval.safety_data import categories_in
 from l2vg_retrieval.vectors import unit_rows
 
 
@@ -40,8 +40,7 @@ def main(path: str, specs: list[str]) -> None:
     def split_of(row: Any) -> str:
         return HELD_OUT if split[id(row)] == "held" else CALIBRATION
 
-    present = {r.category for r in features.queries + features.passages if r.category}
-    categories = [c for c in load_taxonomy().ids if c in present]
+    categories = categories_in(features.queries + features.passages)
     base_gate = features.gate_matrix
     extra = {
         "none": None,

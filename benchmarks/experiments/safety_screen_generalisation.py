@@ -35,7 +35,7 @@ from l2vg_retrieval.bench.harmful_loco import (
     screen_variant_record,
 )
 from l2vg_retrieval.safety import PROBE_KINDS, SafetyFeatures, doc_probe_features, featurize
-from l2vg_retrieval.safety_data import load_benchmark_set, load_calibration_set, load_taxonomy
+from l2vg_retrieval.safety_data import categories_in, load_benchmark_set, load_calibration_set
 
 SPACES = ("probe", "teacher", "generative")
 # The probe's half pass reads passages under the document prompt ("Summarize ..."); under a
@@ -107,8 +107,7 @@ def main(checkpoint: str, out: str, cache: str, all_logistic: bool = False) -> N
             blocks = [features.doc_embeddings[p] for p in parts]
             features.doc_embeddings[name] = np.hstack(blocks)  # type: ignore[index]
     held_ids = {id(r) for r in held}
-    present = {r.category for r in list(cal) + list(held) if r.category}
-    categories = [c for c in load_taxonomy().ids if c in present]
+    categories = categories_in(list(cal) + list(held))
     results: dict[str, Any] = {}
     for kind in PROBE_KINDS:
         for name in COMBINATIONS:

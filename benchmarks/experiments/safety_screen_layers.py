@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,9 @@ from l2vg_retrieval.bench.harmful_loco import (
     screen_variant_record,
 )
 from l2vg_retrieval.safety import doc_probe_features, featurize
-from l2vg_retrieval.safety_data import load_benchmark_set, load_calibration_set, load_taxonomy
+from l2vg_retrieval.safety_data import categories_in, load_benchmark_set, load_calibration_set
 
+DEFAULT_CHECKPOINT = "l2vg_retrieval/checkpoints/default"
 LAYERS = (7, 11, 15, 19, 23)
 VARIANTS = {
     "L15 (shipped)": (15,),
@@ -61,34 +63,40 @@ def layer_states(encoder: Any, texts: list[str], layers: tuple[int, ...]) -> dic
     return {layer: states[:, i * width : (i + 1) * width] for i, layer in enumerate(layers)}
 
 
-def main(checkpoint: str, out: str, cache: Path, nested: bool = False) -> None:
-    cal, held = load_calibration_set(), load_benchmark_set()
-    rows = list(cal) + list(held)
+def held_out_split(held: Iterable[Any]) -> Callable[[Any], str]:
+    """Which packaged split a row is in, matched by kind and text (the splits share no text):
+    a cached feature table holds its own row objects, not those of ``held``."""
+    texts = {(r.kind, r.text) for r in held}
+    return lambda r: HELD_OUT if (r.kind, r.text) in texts else CALIBRATION
+
+
+def load_features(checkpoint: str, cache: Path) -> tuple[Any, dict[int, np.ndarray]]:
+    """The feature table and every passage's probe states per layer, from ``cache`` or (first
+    run) from the encoder, with the shipped screen's features (layer 15) as "probe"."""
     if cache.exists():
         features, per_layer = pickle.loads(cache.read_bytes())
     else:
         encoder = L2VGEncoder.from_pretrained(checkpoint, dtype="float32")
+        rows = list(load_calibration_set()) + list(load_benchmark_set())
         features = featurize(encoder, rows, doc_spaces=("teacher",), show_progress_bar=True)
         per_layer = layer_states(encoder, [r.text for r in features.passages], LAYERS)
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_bytes(pickle.dumps((features, per_layer)))
+    features.doc_embeddings["probe"] = doc_probe_features(per_layer[15])
+    return features, per_layer
+
+
+def main(checkpoint: str, out: str, cache: Path, nested: bool = False) -> None:
+    features, per_layer = load_features(checkpoint, cache)
     for name, layers in VARIANTS.items():
         features.doc_embeddings[name] = np.hstack([doc_probe_features(per_layer[layer]) for layer in layers])
-    # Rows are matched by kind and text (the splits share no text): a cached feature table
-    # holds its own row objects.
-    held_texts = {(r.kind, r.text) for r in held}
-    present = {r.category for r in rows if r.category}
-    categories = [c for c in load_taxonomy().ids if c in present]
+    split_of = held_out_split(load_benchmark_set())
+    categories = categories_in([*features.queries, *features.passages])
     results: dict[str, Any] = {}
     runs = {"nested: each fold chooses": tuple(VARIANTS)} if nested else {name: (name,) for name in VARIANTS}
     for name, spaces in runs.items():
         settings = LocoSettings(doc_spaces=spaces, screen_probe="lda")  # type: ignore[arg-type]
-        ev = GeneralisationEvaluator(
-            features,
-            lambda r: HELD_OUT if (r.kind, r.text) in held_texts else CALIBRATION,
-            categories,
-            settings,
-        )
+        ev = GeneralisationEvaluator(features, split_of, categories, settings)
         screen = ev.leave_one_category_out(refusal_variants=())["screen"]
         results[name] = screen_variant_record(screen)
         print(screen_variant_line(name, screen), flush=True)
@@ -104,7 +112,7 @@ def main(checkpoint: str, out: str, cache: Path, nested: bool = False) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out")
-    parser.add_argument("--checkpoint", default="l2vg_retrieval/checkpoints/default")
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     parser.add_argument("--cache", default="runs/exp/screen_layers.pkl")
     parser.add_argument("--nested", action="store_true", help="each fold chooses its variant (see above)")
     args = parser.parse_args()

@@ -8,7 +8,7 @@ fold at stricter targets to show the trade: recall on the left-out category agai
 false positives on the held-out split, for the gate and the screen (the shipped features:
 the probe state after 15 layers, the refusal signal, the LDA screen).
 
-Reads the feature cache of ``safety_screen_layers.py`` (run that first).
+Reads the feature cache of ``safety_screen_layers.py`` (made by it, or here on a first run).
 
     python benchmarks/experiments/safety_threshold_sweep.py OUT.json [--cache runs/exp/screen_layers.pkl]
 """
@@ -17,31 +17,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safety_screen_layers import DEFAULT_CHECKPOINT, held_out_split, load_features
 
-from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
-from l2vg_retrieval.safety import doc_probe_features
-from l2vg_retrieval.safety_data import load_benchmark_set, load_taxonomy
+from l2vg_retrieval.bench.harmful_loco import GeneralisationEvaluator, LocoSettings
+from l2vg_retrieval.safety_data import categories_in, load_benchmark_set
 
 TARGETS = (0.02, 0.01, 0.005)
 
 
 def main(out: str, cache: Path) -> None:
-    features, per_layer = pickle.loads(cache.read_bytes())
-    features.doc_embeddings["probe"] = doc_probe_features(per_layer[15])
-    held = {(r.kind, r.text) for r in load_benchmark_set()}
-    present = {r.category for r in [*features.queries, *features.passages] if r.category}
-    categories = [c for c in load_taxonomy().ids if c in present]
+    features, _ = load_features(DEFAULT_CHECKPOINT, cache)
+    split_of = held_out_split(load_benchmark_set())
+    categories = categories_in([*features.queries, *features.passages])
     results: dict[str, Any] = {}
     for target in TARGETS:
         settings = LocoSettings(doc_spaces=("probe",), max_fpr_query=target, max_fpr_doc=target)
-        ev = GeneralisationEvaluator(
-            features, lambda r: HELD_OUT if (r.kind, r.text) in held else CALIBRATION, categories, settings
-        )
+        ev = GeneralisationEvaluator(features, split_of, categories, settings)
         loco = ev.leave_one_category_out(refusal_variants=(True,))
         gate = next(iter(loco["gate"].values()))
         screen = loco["screen"]

@@ -4,7 +4,7 @@
 Refits the shipped screen (probe after 15 layers, shrinkage LDA, 2% benign target) exactly as
 the leave-one-category-out fold for CATEGORY does, then prints every harmful passage of that
 category with its margin to the threshold. Reads the feature cache of
-``safety_screen_layers.py`` (run that first).
+``safety_screen_layers.py`` (made by it, or here on a first run).
 
     python benchmarks/experiments/screen_missed_category.py intellectual_property \
         [--cache runs/exp/screen_layers.pkl]
@@ -18,30 +18,23 @@ the fold's screen flags.
 from __future__ import annotations
 
 import argparse
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safety_screen_layers import DEFAULT_CHECKPOINT, held_out_split, load_features
 
-from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
-from l2vg_retrieval.safety import doc_probe_features
-from l2vg_retrieval.safety_data import load_benchmark_set, load_taxonomy
+from l2vg_retrieval.bench.harmful_loco import GeneralisationEvaluator, LocoSettings
+from l2vg_retrieval.safety_data import categories_in, load_benchmark_set
 
 
 def fold_margins(features: Any, category: str) -> tuple[np.ndarray, list[int]]:
     """Every passage's margin to the threshold of ``category``'s fold, and the indices of
     that category's harmful passages."""
-    held = {(r.kind, r.text) for r in load_benchmark_set()}
     evaluator = GeneralisationEvaluator(
-        features,
-        lambda r: HELD_OUT if (r.kind, r.text) in held else CALIBRATION,
-        [category],
-        LocoSettings(doc_spaces=("probe",)),
+        features, held_out_split(load_benchmark_set()), [category], LocoSettings(doc_spaces=("probe",))
     )
-    # The fold's training rows: the calibration split without any row of the category.
-    rows = np.flatnonzero((evaluator.d_split == CALIBRATION) & (evaluator.d_cat != category))
-    space, probe, threshold = evaluator._screen(rows)
+    space, probe, threshold = evaluator.fold_screen(category)
     margins = probe.score(features.doc_embeddings[space]) - threshold
     harmful = [i for i, r in enumerate(features.passages) if r.category == category and r.label == 1]
     return margins, harmful
@@ -53,12 +46,10 @@ def _counts_line(name: str, counts: dict[str, list[int]]) -> str:
 
 
 def main(category: str, cache: Path) -> None:
-    features, per_layer = pickle.loads(cache.read_bytes())
-    features.doc_embeddings["probe"] = doc_probe_features(per_layer[15])
+    features, _ = load_features(DEFAULT_CHECKPOINT, cache)
     if category == "all":
         totals = {"full": [0, 0], "lead": [0, 0]}
-        present = {r.category for r in features.passages if r.label == 1 and r.category}
-        for name in [c for c in load_taxonomy().ids if c in present]:
+        for name in categories_in([r for r in features.passages if r.label == 1]):
             margins, harmful = fold_margins(features, name)
             counts = {"full": [0, 0], "lead": [0, 0]}
             for i in harmful:

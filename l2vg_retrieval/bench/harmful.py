@@ -476,7 +476,7 @@ def _generalisation(
     encoder: Any, rows: tuple[Sequence[Any], Sequence[Any]] | None, show_progress_bar: bool
 ) -> tuple[dict[str, Any], Any]:
     from ..safety import featurize
-    from ..safety_data import check_disjoint, load_benchmark_set, load_calibration_set, load_taxonomy
+    from ..safety_data import categories_in, check_disjoint, load_benchmark_set, load_calibration_set
     from .harmful_loco import CALIBRATION, HELD_OUT, run_generalisation
 
     calibration_rows, held_rows = rows if rows is not None else (load_calibration_set(), load_benchmark_set())
@@ -485,9 +485,7 @@ def _generalisation(
     features = featurize(
         encoder, list(calibration_rows) + list(held_rows), show_progress_bar=show_progress_bar
     )
-    taxonomy_ids = load_taxonomy().ids
-    present = {r.category for r in list(calibration_rows) + list(held_rows) if r.category}
-    categories = [c for c in taxonomy_ids if c in present] + sorted(present - set(taxonomy_ids))
+    categories = categories_in(list(calibration_rows) + list(held_rows))
     report, _ = run_generalisation(
         features, lambda r: HELD_OUT if id(r) in held_ids else CALIBRATION, categories
     )

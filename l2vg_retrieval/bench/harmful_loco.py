@@ -198,17 +198,26 @@ class GeneralisationEvaluator:
             sc.scores, sc.threshold, labels, cats, splits, category, held_out_only=held_out_only
         )
 
+    def fold_rows(self, category: str) -> tuple[np.ndarray, np.ndarray]:
+        """The query and passage rows the fold that leaves ``category`` out calibrates on:
+        the calibration split without any row of that category (harmful or look-alike)."""
+        q_rows = np.flatnonzero((self.q_split == CALIBRATION) & (self.q_cat != category))
+        d_rows = np.flatnonzero((self.d_split == CALIBRATION) & (self.d_cat != category))
+        return q_rows, d_rows
+
+    def fold_screen(self, category: str) -> tuple[DocSpace, LogisticProbe, float]:
+        """The screen the fold that leaves ``category`` out fits: space, probe, threshold."""
+        return self._screen(self.fold_rows(category)[1])
+
     # -- protocols
     def leave_one_category_out(self, *, refusal_variants: Sequence[bool] = (True, False)) -> dict[str, Any]:
-        q_cal, d_cal = self.q_split == CALIBRATION, self.d_split == CALIBRATION
         gate: dict[str, dict[str, Any]] = {self._variant(v): {} for v in refusal_variants}
         gate_fpr: dict[str, list[dict[str, Any]]] = {self._variant(v): [] for v in refusal_variants}
         screen: dict[str, Any] = {}
         screen_fpr: list[dict[str, Any]] = []
         spaces: dict[str, str] = {}
         for category in self.categories:
-            q_rows = np.flatnonzero(q_cal & (self.q_cat != category))
-            d_rows = np.flatnonzero(d_cal & (self.d_cat != category))
+            q_rows, d_rows = self.fold_rows(category)
             fitted = sorted(set(self.q_cat[q_rows].tolist()) | set(self.d_cat[d_rows].tolist()) - {""})
             self.folds[category] = FoldRecord(category, q_rows, d_rows, [c for c in fitted if c])
             for variant in refusal_variants:
