@@ -760,6 +760,40 @@ def test_document_stage_then_decoding_phase_through_the_pipeline(
     assert moved <= {"recon_head.weight", "recon_head.bias", "align_head.weight", "align_head.bias"}
 
 
+def test_refit_only_stage_moves_only_the_alignment_head_and_publishes_a_card_without_curves(
+    uninterrupted_run: tuple[Path, dict], tmp_path: Path, tiny_model_dirs: tuple[Path, Path]
+) -> None:
+    """steps 0 (the default's stage 7): no optimiser step, the head re-solved over the whole pool."""
+    import yaml
+
+    from l2vg_retrieval.training.card import publish
+    from l2vg_retrieval.training.pipeline import run_training
+
+    run, _ = uninterrupted_run
+    config = _write_pipeline_config(tmp_path / "refit", tiny_model_dirs, align_only_steps=0)
+    raw = yaml.safe_load(config.read_text())
+    raw["optim"].update(steps=0, warmup_steps=0)
+    raw.update(refit_documents=True, refit_max_examples=None)
+    config.write_text(yaml.safe_dump(raw))
+    summary = run_training(
+        load_train_config(config), init_from=run / "final", evaluate_baselines=False, show_progress_bar=False
+    )
+    stage = tmp_path / "refit" / "run"
+    assert summary["steps"] == 0 and summary["final_align"] is None
+    assert not (stage / "loss_log.jsonl").read_text().strip()
+    assert summary["refit"]["refit_rows"] == 3 * summary["train_examples"]
+    before, after = _weights(run / "final"), _weights(stage / "final")
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved == ({"align_head.weight", "align_head.bias"} if summary["refit"]["kept_refit"] else set())
+
+    plot = tmp_path / "docs" / "training_loss.png"
+    dest = publish(stage, tmp_path / "published", sources_json=None, plot_path=plot, command="l2vg publish")
+    card = (dest / "CARD.md").read_text()
+    assert "no optimiser steps" in card and f"over {summary['refit']['refit_rows']} rows" in card
+    assert "![loss curves]" not in card and not plot.exists()
+    assert str(tmp_path) not in card
+
+
 # ---------------------------------------------------------------- frozen means frozen
 def _backbone_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The base weights by their original names (a LoRA wraps them as '...base_layer...')."""

@@ -77,7 +77,11 @@ def publish(
         shutil.copy2(final / name, dest / name)
     summary = json.loads((run_dir / "summary.json").read_text())
     config = json.loads((run_dir / "train_config.json").read_text())
-    plot_losses(run_dir / "loss_log.jsonl", plot_path)
+    log_path = run_dir / "loss_log.jsonl"
+    # A refit-only stage (steps 0) has no curves: a plot already there (the curves of the
+    # stage it extends) is left alone, and the card says which it is.
+    if summary["steps"]:
+        plot_losses(log_path, plot_path)
     eval_md = (run_dir / "heldout_eval.md").read_text() if (run_dir / "heldout_eval.md").is_file() else ""
     decoded: list[dict[str, str]] = []
     decode_cosine = float("nan")
@@ -98,6 +102,34 @@ def publish(
     return dest
 
 
+def _steps_line(summary: dict[str, Any], config: dict[str, Any]) -> str:
+    """What the optimiser did, or, for a refit-only stage, that it did nothing."""
+    opt = config["optim"]
+    if not summary["steps"]:
+        refit = summary.get("refit") or {}
+        start = Path(str(summary.get("init_from")))
+        # Never this machine's absolute path in a card: an absolute start is named by its folder.
+        start_name = start.name if start.is_absolute() else start.as_posix()
+        return (
+            f"- no optimiser steps: the tokens, heads and LoRA of `{start_name}` are kept and the "
+            f"alignment head is re-solved in closed form over {refit.get('refit_rows', '?')} rows "
+            f"(ridge {refit.get('ridge', '?')}; kept: {refit.get('kept_refit', '?')}), "
+            f"dtype {summary['dtype']}"
+        )
+    return (
+        f"- steps {summary['steps']} ({config.get('align_only_steps', 0)} alignment-only, then joint), "
+        f"batch {opt['batch_size']}, lr {opt['lr']} (warm-up {opt['warmup_steps']}, linear decay), "
+        f"loss = {config['recon_weight']}·recon + {config['align_weight']}·align "
+        + (
+            f"+ {config['document_align_weight']}·document align (the response text, document prompt) "
+            if config.get("document_align_weight")
+            else ""
+        )
+        + f"({config.get('align_loss', 'mse')}), dtype {summary['dtype']}"
+        + (f"; only {', '.join(config['train_only'])} trained" if config.get("train_only") else "")
+    )
+
+
 def _card(
     summary: dict[str, Any],
     config: dict[str, Any],
@@ -114,7 +146,7 @@ def _card(
 ) -> str:
     from ..bench.results import portable_model_name
 
-    enc, opt = config["encoder"], config["optim"]
+    enc = config["encoder"]
     # A teacher given as a folder is named as results name data, never by this machine's path.
     teacher = portable_model_name(str(enc["teacher"]))
     lines = [
@@ -134,16 +166,7 @@ def _card(
             if enc.get("encoder_lora")
             else "; nothing else trains"
         ),
-        f"- steps {summary['steps']} ({config.get('align_only_steps', 0)} alignment-only, then joint), "
-        f"batch {opt['batch_size']}, lr {opt['lr']} (warm-up {opt['warmup_steps']}, linear decay), "
-        f"loss = {config['recon_weight']}·recon + {config['align_weight']}·align "
-        + (
-            f"+ {config['document_align_weight']}·document align (the response text, document prompt) "
-            if config.get("document_align_weight")
-            else ""
-        )
-        + f"({config.get('align_loss', 'mse')}), dtype {summary['dtype']}"
-        + (f"; only {', '.join(config['train_only'])} trained" if config.get("train_only") else ""),
+        _steps_line(summary, config),
         f"- training examples {summary['train_examples']} (responses ≤ "
         f"{config['responses']['max_new_tokens']} new tokens, greedy, chat template), "
         f"held-out queries {summary['heldout_queries']}",
@@ -151,9 +174,17 @@ def _card(
         f"{summary['total_seconds']} s; peak RSS {summary['peak_rss_mb']} MB (2 shared CPU cores)",
         f"- final losses: reconstruction "
         f"{'n/a' if summary['final_recon'] is None else format(summary['final_recon'], '.3f')}, "
-        f"alignment ({config.get('align_loss', 'mse')}) {summary['final_align']:.5f}",
+        f"alignment ({config.get('align_loss', 'mse')}) "
+        f"{'n/a' if summary['final_align'] is None else format(summary['final_align'], '.5f')}",
         "",
-        f"![loss curves]({plot_link or plot_path.as_posix()})",
+        f"![loss curves]({plot_link or plot_path.as_posix()})"
+        if summary["steps"]
+        else "No optimiser steps, so no loss curves"
+        + (
+            f"; [the plot]({plot_link or plot_path.as_posix()}) shows the stage this one extends."
+            if plot_path.is_file()
+            else "."
+        ),
         "",
         "## Held-out evaluation",
         "Each held-out query must retrieve the backbone's own response to it among all held-out "

@@ -47,7 +47,12 @@ class OptimConfig(StrictModel):
     lr: float = Field(5e-4, gt=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(100, ge=0)
-    steps: int = Field(600, ge=1)
+    steps: int = Field(
+        600,
+        ge=0,
+        description="optimiser steps; 0 trains nothing, so with --init-from and refit_align_head "
+        "the run only re-solves the checkpoint's alignment head (e.g. over more of the pool)",
+    )
     batch_size: int = Field(16, ge=1, le=1024)
     micro_batch_size: int | None = Field(
         None,

@@ -47,7 +47,7 @@ class TrainExample:
 class TrainResult:
     steps: int
     final_recon: float | None  # None when the run ended in an alignment-only step
-    final_align: float
+    final_align: float | None  # None when the run took no steps (a refit-only stage)
     wall_seconds: float
     peak_rss_mb: float
     checkpoint: Path
@@ -406,7 +406,7 @@ class Trainer:
         # the losses the log ended with.
         offset = float(last.get("elapsed", 0.0)) if last else 0.0
         recon: float | None = float(last["recon"]) if last and last.get("recon") is not None else None
-        align = float(last["align"]) if last else float("nan")
+        align: float | None = float(last["align"]) if last else None
         with (
             self.log_path.open("a") as log,
             tqdm(
