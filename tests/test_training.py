@@ -782,6 +782,8 @@ def test_refit_only_stage_moves_only_the_alignment_head_and_publishes_a_card_wit
     assert summary["steps"] == 0 and summary["final_align"] is None
     assert not (stage / "loss_log.jsonl").read_text().strip()
     assert summary["refit"]["refit_rows"] == 3 * summary["train_examples"]
+    heldout = json.loads((stage / "heldout_eval.json").read_text())
+    assert list(heldout["models"]) == ["l2vg-trained", "l2vg-trained (starting head, before refit)"]
     before, after = _weights(run / "final"), _weights(stage / "final")
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved == ({"align_head.weight", "align_head.bias"} if summary["refit"]["kept_refit"] else set())

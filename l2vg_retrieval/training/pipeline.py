@@ -136,10 +136,12 @@ def run_training(
         report = evaluate_heldout(encoder, rows, teacher=encoder.teacher, baselines=baselines)
         summary["eval_seconds"] = round(time.time() - t3, 1)
         if sgd_head_scores is not None:
-            # The paper's head (SGD only), before the closed-form refit, for comparison.
+            # The head before the closed-form refit, for comparison: the paper's (SGD only), or
+            # in a refit-only stage the head of the checkpoint it started from.
+            before = "SGD head" if result.steps else "starting head"
             report["models"] = {
                 "l2vg-trained": report["models"].pop("l2vg-trained"),
-                "l2vg-trained (SGD head, before refit)": sgd_head_scores,
+                f"l2vg-trained ({before}, before refit)": sgd_head_scores,
                 **report["models"],
             }
         (out / "heldout_eval.json").write_text(json.dumps(report, indent=2))
