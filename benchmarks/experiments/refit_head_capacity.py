@@ -25,7 +25,7 @@ import torch
 from qa_hybrid import ROOT, heldout_rows, pool_responses
 
 from l2vg_retrieval import L2VGEncoder
-from l2vg_retrieval.training.refit import _solve
+from l2vg_retrieval.training.refit import choose_ridge, solve_ridge
 
 RIDGES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -68,25 +68,17 @@ def fit_and_score(
 ) -> dict[str, float]:
     """Ridge chosen on a validation slice of training examples (all readings of an example on
     one side), refit on all, then the held-out alignment cosine and Recall@1."""
-    n = x.shape[0] // n_views
-    is_val = torch.zeros(n, dtype=torch.bool)
-    is_val[torch.randperm(n, generator=torch.Generator().manual_seed(0))[: n // 10]] = True
-    is_val = is_val.repeat(n_views)
     x, y, x_held, y_held = x.double(), y.double(), x_held.double(), y_held.double()
-    mse = {}
-    for ridge in RIDGES:
-        w, b = _solve(x[~is_val], y[~is_val], ridge)
-        mse[ridge] = torch.mean((x[is_val] @ w.T + b - y[is_val]) ** 2).item()
-    best = min(mse, key=mse.__getitem__)
-    w, b = _solve(x, y, best)
+    choice = choose_ridge(x, y, n_views, ridges=RIDGES, validation_fraction=0.1, seed=0)
+    w, b = solve_ridge(x, y, choice.ridge)
     pred = torch.nn.functional.normalize(x_held @ w.T + b, dim=-1)
     truth = torch.nn.functional.normalize(y_held, dim=-1)
     sims = pred @ truth.T
     return {
         "heldout_alignment_cosine": round((pred * truth).sum(-1).mean().item(), 4),
         "heldout_recall@1": round((sims.argmax(1) == torch.arange(len(sims))).float().mean().item(), 4),
-        "ridge": best,
-        "validation_mse_by_ridge": {str(k): v for k, v in mse.items()},
+        "ridge": choice.ridge,
+        "validation_mse_by_ridge": {str(k): v for k, v in choice.validation_mse.items()},
         "parameters": int(w.numel() + b.numel()),
     }
 

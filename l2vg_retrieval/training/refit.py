@@ -15,6 +15,7 @@ the head is its own least-squares problem, so the unregularised solution is unch
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,7 +43,7 @@ def mean_soft_prompts(
         )
 
 
-def _solve(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+def solve_ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     # Centre, so the bias is the mean target and the ridge penalty leaves it alone.
     x_mean, y_mean = x.mean(0), y.mean(0)
     xc, yc = x - x_mean, y - y_mean
@@ -58,6 +59,42 @@ def _mse(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
 def _cosine(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(x @ weight.T + bias, y, dim=-1).mean().item()
+
+
+@dataclass
+class RidgeChoice:
+    """The ridge strength a validation slice chose, and what it was chosen on."""
+
+    ridge: float
+    validation_mse: dict[float, float]
+    is_val: torch.Tensor  # [rows] bool: the validation rows (every reading of an example)
+    validation_head: tuple[torch.Tensor, torch.Tensor]  # (weight, bias) solved without them
+
+
+def choose_ridge(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_views: int,
+    *,
+    ridges: Sequence[float],
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+) -> RidgeChoice:
+    """Pick the ridge strength by validation MSE. ``x`` holds ``n_views`` readings of the same
+    examples stacked view after view; validation is by example, so no example sits on both
+    sides with another reading."""
+    n = x.shape[0] // n_views
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    is_val = torch.zeros(n, dtype=torch.bool)
+    is_val[perm[: max(1, int(n * validation_fraction))]] = True
+    is_val = is_val.repeat(n_views)
+    scores: dict[float, float] = {}
+    heads: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+    for ridge in ridges:
+        heads[ridge] = solve_ridge(x[~is_val], y[~is_val], ridge)
+        scores[ridge] = _mse(x[is_val], y[is_val], *heads[ridge])
+    best = min(scores, key=scores.__getitem__)
+    return RidgeChoice(best, scores, is_val, heads[best])
 
 
 def refit_alignment_head(
@@ -85,33 +122,21 @@ def refit_alignment_head(
     views = [([ex.query for ex in examples], prompt) for prompt in prompts]
     if document_prompt is not None:
         views.append(([ex.response for ex in examples], document_prompt))
-    features = []
-    targets = []
-    for texts, prompt in views:
-        features.append(mean_soft_prompts(encoder, texts, prompt, batch_size=batch_size))
-        targets.append(torch.stack([ex.target.float() for ex in examples]))
-    x = torch.cat(features).double()
-    y = torch.cat(targets).double()
+    x = torch.cat(
+        [mean_soft_prompts(encoder, texts, prompt, batch_size=batch_size) for texts, prompt in views]
+    )
+    x = x.double()
+    y = torch.stack([ex.target.float() for ex in examples]).double().repeat(len(views), 1)
     head = encoder.align_head  # type: ignore[attr-defined]
     before = _mse(x, y, head.weight.double(), head.bias.double())
-    # Validation by example, so no query sits on both sides with another prompt.
-    n = len(examples)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    is_val = torch.zeros(n, dtype=torch.bool)
-    is_val[perm[: max(1, int(n * validation_fraction))]] = True
-    is_val = is_val.repeat(len(views))
-    scores = {}
-    for ridge in ridges:
-        weight, bias = _solve(x[~is_val], y[~is_val], ridge)
-        scores[ridge] = _mse(x[is_val], y[is_val], weight, bias)
-    best = min(scores, key=scores.__getitem__)
+    choice = choose_ridge(x, y, len(views), ridges=ridges, validation_fraction=validation_fraction, seed=seed)
+    is_val, best = choice.is_val, choice.ridge
     # Retrieval scores directions. A head trained by SGD on the cosine loss can beat the
     # least-squares head on direction; the ridge head is kept only if its validation
     # cosine (training queries held back from the solve) is higher.
-    val_weight, val_bias = _solve(x[~is_val], y[~is_val], best)
-    cosine_ridge = _cosine(x[is_val], y[is_val], val_weight, val_bias)
+    cosine_ridge = _cosine(x[is_val], y[is_val], *choice.validation_head)
     cosine_sgd = _cosine(x[is_val], y[is_val], head.weight.double(), head.bias.double())
-    weight, bias = _solve(x, y, best)
+    weight, bias = solve_ridge(x, y, best)
     after = _mse(x, y, weight, bias)
     kept = cosine_ridge > cosine_sgd
     if kept:
@@ -124,7 +149,7 @@ def refit_alignment_head(
         "validation_cosine_ridge_head": cosine_ridge,
         "align_mse_before_refit": before,
         "align_mse_after_refit": after,
-        "validation_mse_by_ridge": {str(k): v for k, v in scores.items()},
+        "validation_mse_by_ridge": {str(k): v for k, v in choice.validation_mse.items()},
         "ridge": best,
         "refit_rows": int(x.shape[0]),
     }
