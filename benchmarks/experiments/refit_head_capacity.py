@@ -64,12 +64,17 @@ def soft_prompt_features(encoder: L2VGEncoder, n_examples: int) -> dict[str, tor
 
 
 def fit_and_score(
-    x: torch.Tensor, y: torch.Tensor, x_held: torch.Tensor, y_held: torch.Tensor, n_views: int
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_held: torch.Tensor,
+    y_held: torch.Tensor,
+    n_views: int,
+    ridges: tuple[float, ...] = RIDGES,
 ) -> dict[str, float]:
     """Ridge chosen on a validation slice of training examples (all readings of an example on
     one side), refit on all, then the held-out alignment cosine and Recall@1."""
     x, y, x_held, y_held = x.double(), y.double(), x_held.double(), y_held.double()
-    choice = choose_ridge(x, y, n_views, ridges=RIDGES, validation_fraction=0.1, seed=0)
+    choice = choose_ridge(x, y, n_views, ridges=ridges, validation_fraction=0.1, seed=0)
     w, b = solve_ridge(x, y, choice.ridge)
     pred = torch.nn.functional.normalize(x_held @ w.T + b, dim=-1)
     truth = torch.nn.functional.normalize(y_held, dim=-1)
