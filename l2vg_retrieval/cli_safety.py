@@ -88,6 +88,13 @@ def register(app: typer.Typer) -> None:
                 "recall on harm categories held out of the fit; default) or logistic"
             ),
         ] = "lda",
+        screen_requests: Annotated[
+            bool,
+            typer.Option(
+                help="the document screen also learns from the query rows, read through the "
+                "document pass like passages (carries over better to unseen harm categories)"
+            ),
+        ] = True,
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
         """Fit the gate and screen on labelled harmful/benign prompts and passages; store them.
@@ -109,7 +116,7 @@ def register(app: typer.Typer) -> None:
                 encoder, rows, seed=seed, max_fpr_query=max_fpr_query, max_fpr_doc=max_fpr_doc,
                 refusal_signal=refusal_signal, probe_layer=probe_layer, min_family_size=min_family_size,
                 doc_spaces=doc_space or None, screen_probe=screen_probe,  # type: ignore[arg-type]
-                show_progress_bar=True,
+                screen_requests=screen_requests, show_progress_bar=True,
             )  # fmt: skip
         except (OSError, ValueError) as exc:
             fail(str(exc))

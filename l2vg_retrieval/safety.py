@@ -640,6 +640,9 @@ class SafetyFeatures:
     probe_layer: int | None = None
     probe_states: np.ndarray | None = None  # [Nq, H] unit state after probe_layer layers
     gate_embedding: bool = True  # whether the gate reads the embedding too
+    # The query rows read as passages (space -> [Nq, ...], the document pass): the screen
+    # also learns from requests when present (see featurize's ``screen_requests``).
+    request_doc_embeddings: dict[str, np.ndarray] | None = None
 
     def gate_matrix(self, refusal_signal: bool, index: np.ndarray | None = None) -> np.ndarray:
         """The gate's features; the probe state (if computed) is in every variant, so
@@ -678,6 +681,7 @@ def featurize(
     refusal_signal: bool = True,
     probe_layer: int | str | None = DEFAULT_PROBE_LAYER,
     gate_embedding: bool | None = None,
+    screen_requests: bool = True,
     show_progress_bar: bool = False,
 ) -> SafetyFeatures:
     """Run the encoder once over labelled rows (``text``, ``label``, ``kind`` ...).
@@ -685,7 +689,11 @@ def featurize(
     ``doc_spaces`` (default :func:`default_doc_spaces`) are the passage representations
     computed for the screen to choose from. ``gate_embedding`` (default: only without a
     probe layer) puts the query embedding and its refusal similarity among the gate's
-    features."""
+    features. ``screen_requests`` also reads every query row through the document pass,
+    so the screen learns from requests as well as passages: what makes a request for harm
+    harmful is largely what makes a passage harmful, requests are the more plentiful and
+    varied rows, and left out, a category's passages are ranked better by a screen that
+    learned from them (docs/safety.md, "The screen learns from requests too")."""
     queries = [r for r in rows if r.kind == "query"]
     passages = [r for r in rows if r.kind == "passage"]
     instruction = encoder.config.query_instruction
@@ -720,6 +728,17 @@ def featurize(
         else np.zeros((0, 2 * encoder.hidden_size if space == "probe" else encoder.dim), np.float32)
         for space in spaces
     }
+    requests = None
+    if screen_requests and q_texts:
+        requests = {
+            space: np.asarray(
+                embed_documents(
+                    encoder, q_texts, space, probe_layer=layer, show_progress_bar=show_progress_bar
+                ),
+                dtype=np.float64,
+            )
+            for space in spaces
+        }
     return SafetyFeatures(
         encoder_fingerprint=encoder.fingerprint,
         instruction=instruction,
@@ -734,6 +753,7 @@ def featurize(
         probe_layer=layer,
         probe_states=probe,
         gate_embedding=(layer is None) if gate_embedding is None else gate_embedding,
+        request_doc_embeddings=requests,
     )
 
 
@@ -845,9 +865,12 @@ def fit_probe_with_threshold(
     min_family_size: int = MIN_FAMILY_SIZE,
     kind: ProbeKind = "logistic",
     categories: Sequence[str] | None = None,
+    fit_only: np.ndarray | None = None,
 ) -> tuple[LogisticProbe, float, dict[str, Any]]:
     """Fit on a training fold, threshold on the validation fold's benign examples (pooled
-    and per family, :func:`threshold_for_families`).
+    and per family, :func:`threshold_for_families`). Rows marked ``fit_only`` (a boolean
+    mask) always train and are never validated on: they shape the probe, while the AUC and
+    the threshold are the other rows' alone.
 
     The hyperparameter (``kind``'s grid: :data:`L2_GRID` or :data:`SHRINKAGE_GRID`) is chosen
     by validation AUC for a logistic probe. An LDA probe given the rows' ``categories`` is
@@ -857,7 +880,13 @@ def fit_probe_with_threshold(
     labels = np.asarray(labels)
     strata = list(strata) if strata is not None else [str(v) for v in labels]
     families = list(families) if families is not None else ["harmful" if v else "general" for v in labels]
-    train, val = stratified_folds(strata, labels, val_fraction, seed)
+    if fit_only is None:
+        train, val = stratified_folds(strata, labels, val_fraction, seed)
+    else:
+        only = np.asarray(fit_only, dtype=bool)
+        own = np.flatnonzero(~only)
+        own_train, own_val = stratified_folds([strata[i] for i in own], labels[own], val_fraction, seed)
+        train, val = np.sort(np.concatenate([own[own_train], np.flatnonzero(only)])), own[own_val]
     grid = L2_GRID if kind == "logistic" else SHRINKAGE_GRID
     train_categories = None if categories is None else [str(categories[i]) for i in train]
     by_categories = (
@@ -950,36 +979,52 @@ def fit_screen(
     features: SafetyFeatures,
     passage_index: np.ndarray | None = None,
     *,
+    request_index: np.ndarray | None = None,
     doc_spaces: Sequence[DocSpace] | None = None,
     seed: int = 0,
     max_fpr: float = 0.02,
     val_fraction: float = 0.35,
     min_family_size: int = MIN_FAMILY_SIZE,
     probe_kind: ProbeKind = DEFAULT_SCREEN_PROBE,
+    validate_on_requests: bool = True,
 ) -> tuple[DocSpace, LogisticProbe, float, dict[str, Any]]:
-    """The document screen from the passage rows ``passage_index`` selects: one probe per
-    space, the best kept. Spaces are compared the way an LDA probe's shrinkage is chosen:
-    by recall on harm categories held out of the training fold when the probe measured it
-    (a space that fits the calibrated categories best need not carry over to others), then
-    by validation recall at the allowed FPR, then by AUC."""
+    """The document screen from the passage rows ``passage_index`` selects, and the query
+    rows ``request_index`` selects read as passages (``features.request_doc_embeddings``;
+    fitted and validated on like passages; with ``validate_on_requests=False`` they only
+    train, which did worse left out): one probe per space, the best kept. Spaces are compared the way an LDA
+    probe's shrinkage is chosen: by recall on harm categories held out of the training fold
+    when the probe measured it (a space that fits the calibrated categories best need not
+    carry over to others), then by validation recall at the allowed FPR, then by AUC."""
     d_idx = (
         np.arange(len(features.passages))
         if passage_index is None
         else np.asarray(passage_index, dtype=np.int64)
     )
-    rows = [features.passages[i] for i in d_idx]
+    r_idx = np.zeros(0, dtype=np.int64) if request_index is None else np.asarray(request_index, np.int64)
+    if len(r_idx) and features.request_doc_embeddings is None:
+        raise ValueError("request rows for the screen need features computed with screen_requests=True")
+    rows = [features.passages[i] for i in d_idx] + [features.queries[i] for i in r_idx]
     labels = np.array([r.label for r in rows], dtype=np.int64)
     if len(labels) == 0 or labels.min() == labels.max():
         raise ValueError("calibration needs harmful and benign passage examples")
     spaces = list(doc_spaces) if doc_spaces is not None else list(features.doc_embeddings)
+
+    def matrix(space: str) -> np.ndarray:
+        passages = features.doc_embeddings[space][d_idx]
+        if not len(r_idx):
+            return passages
+        assert features.request_doc_embeddings is not None
+        return np.vstack([passages, features.request_doc_embeddings[space][r_idx]])
+
     reports: dict[str, Any] = {}
     best: tuple[tuple[float, float], DocSpace, LogisticProbe, float] | None = None
     for space in spaces:
         probe, threshold, report = fit_probe_with_threshold(
-            features.doc_embeddings[space][d_idx], labels, max_fpr=max_fpr, val_fraction=val_fraction,
+            matrix(space), labels, max_fpr=max_fpr, val_fraction=val_fraction,
             seed=seed, strata=_strata(rows), families=[_family(r) for r in rows],
             min_family_size=min_family_size, kind=probe_kind,
             categories=[str(getattr(r, "category", "") or "") for r in rows],
+            fit_only=None if validate_on_requests or not len(r_idx) else np.arange(len(rows)) >= len(d_idx),
         )  # fmt: skip
         reports[space] = report
         key = (_held_out_recall_at_choice(report), report["recall"] + 1e-3 * report["auc"])
@@ -1021,9 +1066,12 @@ def fit_calibration(
     q_probe, q_threshold, q_report = fit_gate(
         features, q_idx, refusal_signal=refusal_signal, max_fpr=max_fpr_query, **common
     )
+    # The screen learns from the requests too when the features read them as passages.
+    r_idx = q_idx if features.request_doc_embeddings is not None else None
     doc_space, doc_probe, doc_threshold, doc_reports = fit_screen(
-        features, d_idx, doc_spaces=doc_spaces, max_fpr=max_fpr_doc, probe_kind=screen_probe, **common
-    )
+        features, d_idx, request_index=r_idx, doc_spaces=doc_spaces, max_fpr=max_fpr_doc,
+        probe_kind=screen_probe, **common,
+    )  # fmt: skip
     rows = [features.queries[i] for i in q_idx] + [features.passages[i] for i in d_idx]
     digests = np.array(sorted({text_digest(r.text) for r in rows}), dtype=np.int64)
     categories = sorted({str(getattr(r, "category", "") or "") for r in rows} - {""})
@@ -1048,6 +1096,7 @@ def fit_calibration(
             "screen_probe": screen_probe,
             "n_query_examples": len(q_idx),
             "n_passage_examples": len(d_idx),
+            "n_screen_request_examples": 0 if r_idx is None else len(r_idx),
             "probe_layer": features.probe_layer,
             "categories": categories,
             "refusal_texts": list(REFUSAL_TEXTS),
@@ -1077,6 +1126,7 @@ def calibrate(
     gate_embedding: bool | None = None,
     min_family_size: int = MIN_FAMILY_SIZE,
     screen_probe: ProbeKind = DEFAULT_SCREEN_PROBE,
+    screen_requests: bool = True,
     show_progress_bar: bool = False,
 ) -> SafetyCalibration:
     """Fit the gate and the screen on labelled rows (default: the packaged calibration set).
@@ -1100,6 +1150,7 @@ def calibrate(
         refusal_signal=refusal_signal,
         probe_layer=probe_layer,
         gate_embedding=gate_embedding,
+        screen_requests=screen_requests,
         show_progress_bar=show_progress_bar,
     )
     return fit_calibration(

@@ -62,7 +62,9 @@ def _vectors(rows: list[LabelledText], rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-def _table(seed: int = 0, passages_for: tuple[str, ...] = CATEGORIES) -> SafetyFeatures:
+def _table(
+    seed: int = 0, passages_for: tuple[str, ...] = CATEGORIES, *, requests: bool = False
+) -> SafetyFeatures:
     rng = np.random.default_rng(seed)
     rows = _rows(CALIBRATION) + _rows(HELD_OUT)
     rows = [r for r in rows if r.kind == "query" or r.category in passages_for or r.category == ""]
@@ -75,6 +77,10 @@ def _table(seed: int = 0, passages_for: tuple[str, ...] = CATEGORIES) -> SafetyF
     doc = _vectors(passages, rng)
     teacher = doc + rng.normal(0.0, 0.3, doc.shape)
     teacher[:, MARKER] = doc[:, MARKER]
+    # The requests read as passages (the document pass): the same layout as passages.
+    request_doc = (
+        {"generative": _vectors(queries, rng), "teacher": _vectors(queries, rng)} if requests else None
+    )
     return SafetyFeatures(
         encoder_fingerprint="synthetic",
         instruction=None,
@@ -86,6 +92,7 @@ def _table(seed: int = 0, passages_for: tuple[str, ...] = CATEGORIES) -> SafetyF
         answer_features=answer,
         answer_token_ids={"refusal_start_logprob": [1], "compliance_start_logprob": [2]},
         doc_embeddings={"generative": doc, "teacher": teacher},
+        request_doc_embeddings=request_doc,
     )
 
 
@@ -133,6 +140,34 @@ def test_a_fold_never_fits_or_thresholds_on_its_category(monkeypatch: pytest.Mon
     per = loco["gate"]["with_refusal_signal"]["per_category"]["B"]
     assert per["n_harmful"] == 40 and per["n_lookalike"] == 20
     assert loco["screen"]["per_category"]["B"]["n_harmful"] == 16
+
+
+def test_a_folds_screen_learns_from_its_requests_but_never_the_left_out_categorys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    features = _table(requests=True)
+    fits: list[tuple[int, float]] = []
+    original = safety.LogisticProbe.fit_lda.__func__  # type: ignore[attr-defined]
+
+    def recording(cls: Any, x: np.ndarray, y: np.ndarray, **kwargs: Any) -> Any:
+        fits.append((len(x), float(np.abs(x[:, MARKER]).max())))
+        return original(cls, x, y, **kwargs)
+
+    monkeypatch.setattr(safety.LogisticProbe, "fit_lda", classmethod(recording))
+    evaluator = GeneralisationEvaluator(features, _split, ["B"])
+    loco = evaluator.leave_one_category_out(refusal_variants=())
+    q_rows, d_rows = evaluator.fold_rows("B")
+    # The fold's full fits (one per shrinkage and space) train on its passages *and* its
+    # requests (the validation share held back), and no row of B is among either.
+    largest = max(n for n, _ in fits)
+    assert largest > len(d_rows) and largest <= len(d_rows) + len(q_rows)
+    assert max(marker for _, marker in fits) == 0.0
+    # Only passages are scored: B's recall counts its 16 harmful passages, not its requests.
+    assert loco["screen"]["per_category"]["B"]["n_harmful"] == 16
+    space, probe, threshold = evaluator.fold_screen("B")
+    harmful_b = [i for i, r in enumerate(features.passages) if r.category == "B" and r.label == 1]
+    flagged = probe.score(features.doc_embeddings[space][harmful_b]) >= threshold
+    assert float(flagged.mean()) == loco["screen"]["per_category"]["B"]["recall"]
 
 
 def test_overall_split_tests_only_the_held_out_split() -> None:

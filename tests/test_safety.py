@@ -308,9 +308,14 @@ def test_thresholds_respect_the_benign_fpr_on_the_validation_fold(tiny_encoder: 
     rows = _small_rows(14)
     features = featurize(tiny_encoder, rows)
     cal = fit_calibration(features, seed=1, max_fpr_query=0.02, max_fpr_doc=0.02, min_family_size=3)
+    # The screen is fitted and thresholded on the passages and the requests read as passages.
+    assert features.request_doc_embeddings is not None
+    screen_matrix = np.vstack(
+        [features.doc_embeddings[cal.doc_space], features.request_doc_embeddings[cal.doc_space]]
+    )
     checks = (
         (features.queries, features.gate_matrix(True), cal.query_probe, cal.query_threshold),
-        (features.passages, features.doc_embeddings[cal.doc_space], cal.doc_probe, cal.doc_threshold),
+        (features.passages + features.queries, screen_matrix, cal.doc_probe, cal.doc_threshold),
     )
     for rows_, matrix, probe, threshold in checks:
         labels = np.array([r.label for r in rows_])
@@ -323,6 +328,46 @@ def test_thresholds_respect_the_benign_fpr_on_the_validation_fold(tiny_encoder: 
             mask = benign & (families == family)
             if mask.sum() >= 3:  # every family large enough to count holds the budget on its own
                 assert (scores[mask] >= threshold).mean() <= 0.02, family
+
+
+def test_the_screen_also_learns_from_the_requests_read_as_passages(tiny_encoder: Any) -> None:
+    rows = _small_rows(14)
+    features = featurize(tiny_encoder, rows)
+    queries, passages = features.queries, features.passages
+    assert features.request_doc_embeddings is not None
+    # Each request is read exactly as a passage would be: the document pass, every space.
+    for space, matrix in features.request_doc_embeddings.items():
+        expected = embed_documents(
+            tiny_encoder, [r.text for r in queries], space, probe_layer=features.probe_layer
+        )
+        assert matrix.shape == (len(queries), features.doc_embeddings[space].shape[1])
+        assert np.allclose(matrix, expected, atol=1e-5)
+    cal = fit_calibration(features, seed=1, min_family_size=3)
+    screen = cal.metrics["document_screen"]
+    assert cal.provenance["n_screen_request_examples"] == len(queries)
+    assert screen["n_train"] + screen["n_val"] == len(passages) + len(queries)
+    # Kept out of validation, the requests only add training rows: the validation fold (and
+    # so the threshold) is exactly the passages-only fit's.
+    space = cal.doc_space
+    common = {"doc_spaces": (space,), "seed": 1, "min_family_size": 3}
+    passages_only = fit_screen(features, **common)[3][space]
+    train_only = fit_screen(
+        features, request_index=np.arange(len(queries)), validate_on_requests=False, **common
+    )[3][space]
+    assert train_only["n_val"] == passages_only["n_val"]
+    assert train_only["n_train"] == passages_only["n_train"] + len(queries)
+    # Switched off, the screen sees the passages only (the gate is unchanged either way).
+    plain = featurize(tiny_encoder, rows, screen_requests=False)
+    assert plain.request_doc_embeddings is None
+    off = fit_calibration(plain, seed=1, min_family_size=3)
+    assert off.provenance["n_screen_request_examples"] == 0
+    assert off.metrics["document_screen"]["n_train"] + off.metrics["document_screen"]["n_val"] == len(
+        passages
+    )
+    assert np.array_equal(off.query_probe.weight, cal.query_probe.weight)
+    assert not np.array_equal(off.doc_probe.weight, cal.doc_probe.weight)
+    with pytest.raises(ValueError, match="screen_requests=True"):
+        fit_screen(plain, request_index=np.arange(3))
 
 
 # ----------------------------------------------------------------------------- refusal signal

@@ -33,7 +33,9 @@ def main(checkpoint: str | None, out: str) -> None:
     start = time.time()
     encoder = L2VGEncoder.from_pretrained(checkpoint, dtype="float32")
     calibration, held = load_calibration_set(), load_benchmark_set()
-    features = featurize(encoder, [*calibration, *held], probe_layer=None, show_progress_bar=True)
+    features = featurize(
+        encoder, [*calibration, *held], probe_layer=None, screen_requests=False, show_progress_bar=True
+    )
     texts = [r.text for r in features.queries]
     teacher_q = np.asarray(encoder.teacher.encode(texts, show_progress_bar=False), dtype=np.float64)
     captured: dict[int, list[torch.Tensor]] = {i: [] for i in LAYERS}

@@ -78,7 +78,7 @@ def load_features(checkpoint: str, cache: Path) -> tuple[SafetyFeatures, list[An
         )
         return features, cal, held
     encoder = L2VGEncoder.from_pretrained(checkpoint, dtype="float32")
-    features = featurize(encoder, rows, doc_spaces=SPACES, show_progress_bar=True)
+    features = featurize(encoder, rows, doc_spaces=SPACES, screen_requests=False, show_progress_bar=True)
     assert features.probe_layer is not None
     features.doc_embeddings["probe_judge"] = doc_probe_features(  # type: ignore[index]
         encoder.probe_states(

@@ -78,7 +78,9 @@ def load_features(checkpoint: str, cache: Path) -> tuple[Any, dict[int, np.ndarr
     else:
         encoder = L2VGEncoder.from_pretrained(checkpoint, dtype="float32")
         rows = list(load_calibration_set()) + list(load_benchmark_set())
-        features = featurize(encoder, rows, doc_spaces=("teacher",), show_progress_bar=True)
+        features = featurize(
+            encoder, rows, doc_spaces=("teacher",), screen_requests=False, show_progress_bar=True
+        )
         per_layer = layer_states(encoder, [r.text for r in features.passages], LAYERS)
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_bytes(pickle.dumps((features, per_layer)))

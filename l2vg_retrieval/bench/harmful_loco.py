@@ -173,10 +173,14 @@ class GeneralisationEvaluator:
         )  # fmt: skip
         return probe, threshold
 
-    def _screen(self, rows: np.ndarray) -> tuple[DocSpace, LogisticProbe, float]:
+    def _screen(self, rows: np.ndarray, query_rows: np.ndarray) -> tuple[DocSpace, LogisticProbe, float]:
+        """The screen a calibration on these rows fits: the passage rows, and the query rows
+        read as passages when the features hold them (as ``fit_calibration`` does)."""
         s = self.settings
+        requests = query_rows if self.features.request_doc_embeddings is not None else None
         space, probe, threshold, _ = fit_screen(
-            self.features, rows, doc_spaces=s.doc_spaces, seed=s.seed, max_fpr=s.max_fpr_doc,
+            self.features, rows, request_index=requests, doc_spaces=s.doc_spaces, seed=s.seed,
+            max_fpr=s.max_fpr_doc,
             val_fraction=s.val_fraction, min_family_size=s.min_family_size, probe_kind=s.screen_probe,
         )  # fmt: skip
         return space, probe, threshold
@@ -207,7 +211,8 @@ class GeneralisationEvaluator:
 
     def fold_screen(self, category: str) -> tuple[DocSpace, LogisticProbe, float]:
         """The screen the fold that leaves ``category`` out fits: space, probe, threshold."""
-        return self._screen(self.fold_rows(category)[1])
+        q_rows, d_rows = self.fold_rows(category)
+        return self._screen(d_rows, q_rows)
 
     # -- protocols
     def leave_one_category_out(self, *, refusal_variants: Sequence[bool] = (True, False)) -> dict[str, Any]:
@@ -230,7 +235,7 @@ class GeneralisationEvaluator:
                                 exclude_categories=[category])
                 )  # fmt: skip
             if (self.d_cat == category).any() and ((self.d_labels == 1) & (self.d_cat == category)).any():
-                space, probe, threshold = self._screen(d_rows)
+                space, probe, threshold = self._screen(d_rows, q_rows)
                 spaces[category] = space
                 sc = self._screen_scores(space, probe, threshold)
                 screen[category] = self._metrics("passage", sc, category, held_out_only=False)
@@ -283,7 +288,7 @@ class GeneralisationEvaluator:
                 ),
                 "threshold": sc.threshold,
             }
-        space, probe, threshold = self._screen(d_rows)
+        space, probe, threshold = self._screen(d_rows, q_rows)
         sc = self._screen_scores(space, probe, threshold)
         per = {c: self._metrics("passage", sc, c, held_out_only=True) for c in self.categories}
         held_harm = (self.d_split == HELD_OUT) & (self.d_labels == 1)

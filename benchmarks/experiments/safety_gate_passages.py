@@ -1,0 +1,144 @@
+"""Does the gate carry over better if it also learns from the *passages*? (issue 13)
+
+The mirror of ``safety_screen_requests.py``: the screen now learns from requests read
+through the document pass; here the gate learns from the calibration split's passages read
+through the query pass (the instruction, the answer position's state after the probe layer,
+the refusal signal), with their labels, categories and families. The look-alike passages
+(written to inform or protect, a third of them instruction-shaped) are the benign side the
+gate's look-alike requests (25 per category) are thin on, and the gate's look-alike false
+positives (6% held out) are what it misses most. Measured with the shipped protocol: leave
+one category out (its passages leave with it), gate recall and look-alike false positives
+on that category's *requests* only, benign false positives on the held-out split's
+requests; the added rows are never scored.
+
+    python benchmarks/experiments/safety_gate_passages.py OUT.json [--cache runs/exp/gate_passages.pkl]
+
+The encoder runs once over every request and every calibration passage (query pass); cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l2vg_retrieval import L2VGEncoder
+from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
+from l2vg_retrieval.safety import SafetyFeatures, featurize
+from l2vg_retrieval.safety_data import categories_in, load_benchmark_set, load_calibration_set
+
+AUGMENT = "augment"  # the split of the passages read as requests: trained on, never scored
+
+
+class AugmentedEvaluator(GeneralisationEvaluator):
+    """Gate folds train on the calibration requests *and* the added passage rows (minus the
+    left-out category's); the added rows are hidden from every metric."""
+
+    def fold_rows(self, category: str) -> tuple[np.ndarray, np.ndarray]:
+        q_rows, d_rows = super().fold_rows(category)
+        extra = np.flatnonzero((self.q_split == AUGMENT) & (self.q_cat != category))
+        return np.sort(np.concatenate([q_rows, extra])), d_rows
+
+    def _metrics(self, kind: str, sc: Any, category: str, *, held_out_only: bool) -> dict[str, Any]:
+        if kind == "query":
+            saved = self.q_cat
+            self.q_cat = np.where(self.q_split == AUGMENT, "<augment>", saved)
+            try:
+                return super()._metrics(kind, sc, category, held_out_only=held_out_only)
+            finally:
+                self.q_cat = saved
+        return super()._metrics(kind, sc, category, held_out_only=held_out_only)
+
+
+def load(cache: Path) -> tuple[SafetyFeatures, SafetyFeatures, list[Any]]:
+    """(every request and passage, the calibration passages read as requests, held-out rows)."""
+    cal, held = load_calibration_set(), load_benchmark_set()
+    if cache.exists():
+        base, added = pickle.loads(cache.read_bytes())
+    else:
+        encoder = L2VGEncoder.from_pretrained(dtype="float32")
+        # Requests only: the gate is what is measured, and with no passages no fold fits a
+        # screen (the cheapest document space is named because one must be).
+        options: dict[str, Any] = {
+            "doc_spaces": ("teacher",),
+            "screen_requests": False,
+            "show_progress_bar": True,
+        }
+        base = featurize(encoder, [r for r in [*cal, *held] if r.kind == "query"], **options)
+        as_requests = [dataclasses.replace(r, kind="query") for r in cal if r.kind == "passage"]
+        added = featurize(encoder, as_requests, **options)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(pickle.dumps((base, added)))
+    # Rows are matched by identity below: rebuild them from the data, in the cached order.
+    by_key = {(r.kind, r.text): r for r in [*cal, *held]}
+    base.queries = [by_key[("query", r.text)] for r in base.queries]
+    return base, added, held
+
+
+def augmented(base: SafetyFeatures, added: SafetyFeatures) -> SafetyFeatures:
+    assert base.answer_features is not None and added.answer_features is not None
+    assert base.probe_states is not None and added.probe_states is not None
+    return dataclasses.replace(
+        base,
+        queries=[*base.queries, *added.queries],
+        query_embeddings=np.vstack([base.query_embeddings, added.query_embeddings]),
+        answer_states=None,
+        answer_features=np.vstack([base.answer_features, added.answer_features]),
+        probe_states=np.vstack([base.probe_states, added.probe_states]),
+    )
+
+
+def gate_line(name: str, gate: dict[str, Any]) -> str:
+    recall, fpr = gate["recall"], gate["benign_fpr"]
+    look = fpr.get("lookalike", {}).get("mean")
+    return (
+        f"{name:34s} LOCO gate mean {recall['mean']:.3f} min {recall['min']:.2f} "
+        f"below half {recall['below_half']} | FPR all {fpr['all']['mean']:.3f} look-alike "
+        f"{look if look is None else round(look, 3)} (worst fold {fpr.get('lookalike', {}).get('max')})"
+    )
+
+
+def main(out: str, cache: str) -> None:
+    base, added, held = load(Path(cache))
+    held_ids = {id(r) for r in held}
+    added_ids = {id(r) for r in added.queries}
+
+    def split_of(r: Any) -> str:
+        return AUGMENT if id(r) in added_ids else HELD_OUT if id(r) in held_ids else CALIBRATION
+
+    categories = categories_in(base.queries)
+    settings = LocoSettings(doc_spaces=("teacher",))
+    variants = {
+        "requests only (shipped)": GeneralisationEvaluator(base, split_of, categories, settings),
+        "requests + passages": AugmentedEvaluator(augmented(base, added), split_of, categories, settings),
+    }
+    report: dict[str, Any] = {
+        "command": f"python benchmarks/experiments/safety_gate_passages.py {out} --cache {cache}",
+        "added_passage_rows": len(added.queries),
+        "variants": {},
+    }
+    for name, evaluator in variants.items():
+        gate = evaluator.leave_one_category_out(refusal_variants=(True,))["gate"]["with_refusal_signal"]
+        report["variants"][name] = {
+            "recall": gate["recall"],
+            "benign_fpr": gate["benign_fpr"],
+            "per_category": {
+                c: {k: m[k] for k in ("recall", "lookalike_fpr")} for c, m in gate["per_category"].items()
+            },
+        }
+        print(gate_line(name, gate), flush=True)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out")
+    parser.add_argument("--cache", default="runs/exp/gate_passages.pkl")
+    args = parser.parse_args()
+    main(args.out, args.cache)
