@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from qa_hybrid import ROOT, heldout_rows, pool_responses
@@ -30,12 +31,13 @@ from l2vg_retrieval.training.refit import choose_ridge, solve_ridge
 RIDGES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
-def soft_prompt_features(encoder: L2VGEncoder, n_examples: int) -> dict[str, torch.Tensor]:
-    """``train`` [3N, K, H] soft prompts and [3N, D] targets, ``heldout`` [300, K, H] and its
-    targets; cached, since the encoder passes are the whole cost."""
-    cache = ROOT / "runs" / "exp" / f"head_capacity_{n_examples}.pt"
-    if cache.is_file():
-        return torch.load(cache)
+def refit_views(
+    encoder: L2VGEncoder, n_examples: int
+) -> tuple[dict[str, Any], list[str], list[tuple[list[str], str | None]]]:
+    """(the pool's responses, the sample's answers, its three readings) for a seeded sample
+    of training examples: the query alone, with the instruction, its answer with the
+    document prompt, as the default's refit reads them. Every refit experiment draws the
+    same sample for a given size, so their numbers compare."""
     responses = pool_responses()
     train_ids = [json.loads(line)["id"] for line in (ROOT / "data/queries/queries.train.jsonl").open()]
     train_ids = [i for i in train_ids if i in responses]
@@ -45,6 +47,17 @@ def soft_prompt_features(encoder: L2VGEncoder, n_examples: int) -> dict[str, tor
     answers = [r["response"].strip() or r["query"] for r in rows]
     instruction = encoder.config.query_instruction
     views = [(queries, None), (queries, instruction), (answers, encoder.config.document_prompt)]
+    return responses, answers, views
+
+
+def soft_prompt_features(encoder: L2VGEncoder, n_examples: int) -> dict[str, torch.Tensor]:
+    """``train`` [3N, K, H] soft prompts and [3N, D] targets, ``heldout`` [300, K, H] and its
+    targets; cached, since the encoder passes are the whole cost."""
+    cache = ROOT / "runs" / "exp" / f"head_capacity_{n_examples}.pt"
+    if cache.is_file():
+        return torch.load(cache)
+    responses, answers, views = refit_views(encoder, n_examples)
+    instruction = encoder.config.query_instruction
     soft = [encoder.soft_prompts(t, prompt=p, batch_size=32, show_progress_bar=True) for t, p in views]
     targets = torch.as_tensor(encoder.teacher.encode(answers, batch_size=64))
     held = heldout_rows(responses)

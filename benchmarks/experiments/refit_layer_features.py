@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from qa_hybrid import ROOT, heldout_rows, pool_responses
-from refit_head_capacity import fit_and_score
+from qa_hybrid import ROOT, heldout_rows
+from refit_head_capacity import fit_and_score, refit_views
 
 from l2vg_retrieval import L2VGEncoder
 from l2vg_retrieval.batching import common_prefix_length, run_batched
@@ -91,16 +91,9 @@ def cached_features(encoder: L2VGEncoder, n_examples: int) -> dict[str, Any]:
     cache = ROOT / "runs" / "exp" / f"layer_features_{n_examples}.pt"
     if cache.is_file():
         return torch.load(cache)
-    responses = pool_responses()
-    train_ids = [json.loads(line)["id"] for line in (ROOT / "data/queries/queries.train.jsonl").open()]
-    train_ids = [i for i in train_ids if i in responses]
     # The same seeded sample as refit_head_capacity.py, so the two experiments compare.
-    pick = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(0))[:n_examples].tolist()
-    rows = [responses[train_ids[i]] for i in pick]
-    queries = [r["query"] for r in rows]
-    answers = [r["response"].strip() or r["query"] for r in rows]
+    responses, answers, views = refit_views(encoder, n_examples)
     instruction = encoder.config.query_instruction
-    views = [(queries, None), (queries, instruction), (answers, encoder.config.document_prompt)]
     parts = [layer_features(encoder, texts, prompt) for texts, prompt in views]
     held = heldout_rows(responses)
     features: dict[str, Any] = {
