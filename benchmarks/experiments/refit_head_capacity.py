@@ -31,13 +31,18 @@ from l2vg_retrieval.training.refit import choose_ridge, solve_ridge
 RIDGES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
+def teacher_vectors(encoder: L2VGEncoder, texts: list[str]) -> torch.Tensor:
+    """The alignment targets: the teacher's fp32 vectors of ``texts``."""
+    return torch.as_tensor(encoder.teacher.encode(texts, batch_size=64)).float()
+
+
 def refit_views(
     encoder: L2VGEncoder, n_examples: int
-) -> tuple[dict[str, Any], list[str], list[tuple[list[str], str | None]]]:
-    """(the pool's responses, the sample's answers, its three readings) for a seeded sample
-    of training examples: the query alone, with the instruction, its answer with the
-    document prompt, as the default's refit reads them. Every refit experiment draws the
-    same sample for a given size, so their numbers compare."""
+) -> tuple[list[str], list[tuple[list[str], str | None]], list[dict[str, Any]]]:
+    """(the sample's answers, its three readings, the held-out rows) for a seeded sample of
+    training examples: the query alone, with the instruction, its answer with the document
+    prompt, as the default's refit reads them. Every refit experiment draws the same sample
+    for a given size, so their numbers compare."""
     responses = pool_responses()
     train_ids = [json.loads(line)["id"] for line in (ROOT / "data/queries/queries.train.jsonl").open()]
     train_ids = [i for i in train_ids if i in responses]
@@ -47,7 +52,7 @@ def refit_views(
     answers = [r["response"].strip() or r["query"] for r in rows]
     instruction = encoder.config.query_instruction
     views = [(queries, None), (queries, instruction), (answers, encoder.config.document_prompt)]
-    return responses, answers, views
+    return answers, views, heldout_rows(responses)
 
 
 def soft_prompt_features(encoder: L2VGEncoder, n_examples: int) -> dict[str, torch.Tensor]:
@@ -56,20 +61,16 @@ def soft_prompt_features(encoder: L2VGEncoder, n_examples: int) -> dict[str, tor
     cache = ROOT / "runs" / "exp" / f"head_capacity_{n_examples}.pt"
     if cache.is_file():
         return torch.load(cache)
-    responses, answers, views = refit_views(encoder, n_examples)
+    answers, views, held = refit_views(encoder, n_examples)
     instruction = encoder.config.query_instruction
     soft = [encoder.soft_prompts(t, prompt=p, batch_size=32, show_progress_bar=True) for t, p in views]
-    targets = torch.as_tensor(encoder.teacher.encode(answers, batch_size=64))
-    held = heldout_rows(responses)
     features = {
         "train": torch.cat(soft).float(),
-        "train_targets": targets.repeat(len(views), 1).float(),
+        "train_targets": teacher_vectors(encoder, answers).repeat(len(views), 1),
         "heldout": encoder.soft_prompts(
             [r["query"] for r in held], prompt=instruction, batch_size=32, show_progress_bar=True
         ).float(),
-        "heldout_targets": torch.as_tensor(
-            encoder.teacher.encode([r["response"].strip() or r["query"] for r in held], batch_size=64)
-        ).float(),
+        "heldout_targets": teacher_vectors(encoder, [r["response"].strip() or r["query"] for r in held]),
     }
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save(features, cache)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from qa_hybrid import ROOT, heldout_rows
-from refit_head_capacity import fit_and_score, refit_views
+from qa_hybrid import ROOT
+from refit_head_capacity import fit_and_score, refit_views, teacher_vectors
 
 from l2vg_retrieval import L2VGEncoder
 from l2vg_retrieval.batching import common_prefix_length, run_batched
@@ -92,19 +92,16 @@ def cached_features(encoder: L2VGEncoder, n_examples: int) -> dict[str, Any]:
     if cache.is_file():
         return torch.load(cache)
     # The same seeded sample as refit_head_capacity.py, so the two experiments compare.
-    responses, answers, views = refit_views(encoder, n_examples)
+    answers, views, held = refit_views(encoder, n_examples)
     instruction = encoder.config.query_instruction
     parts = [layer_features(encoder, texts, prompt) for texts, prompt in views]
-    held = heldout_rows(responses)
     features: dict[str, Any] = {
         "train": {k: torch.cat([p[k] for p in parts]).half() for k in parts[0]},
-        "train_targets": torch.as_tensor(encoder.teacher.encode(answers, batch_size=64)).float().repeat(3, 1),
+        "train_targets": teacher_vectors(encoder, answers).repeat(len(views), 1),
         "heldout": {
             k: v.half() for k, v in layer_features(encoder, [r["query"] for r in held], instruction).items()
         },
-        "heldout_targets": torch.as_tensor(
-            encoder.teacher.encode([r["response"].strip() or r["query"] for r in held], batch_size=64)
-        ).float(),
+        "heldout_targets": teacher_vectors(encoder, [r["response"].strip() or r["query"] for r in held]),
     }
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save(features, cache)

@@ -18,7 +18,6 @@ The encoder runs once (probe space only, every passage and every request); cache
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -37,34 +36,12 @@ from l2vg_retrieval.bench.harmful_loco import (
 from l2vg_retrieval.safety import SafetyFeatures, embed_documents, fit_screen
 from l2vg_retrieval.safety_data import categories_in, load_benchmark_set, load_calibration_set
 
-AUGMENT = "augment"  # the split of the requests read as passages: trained on, never scored
-
-
-class AugmentedEvaluator(GeneralisationEvaluator):
-    """Folds train on the calibration passages *and* the added request rows (minus the
-    left-out category's); the added rows are hidden from every metric."""
-
-    def fold_rows(self, category: str) -> tuple[np.ndarray, np.ndarray]:
-        q_rows, d_rows = super().fold_rows(category)
-        extra = np.flatnonzero((self.d_split == AUGMENT) & (self.d_cat != category))
-        return q_rows, np.sort(np.concatenate([d_rows, extra]))
-
-    def _metrics(self, kind: str, sc: Any, category: str, *, held_out_only: bool) -> dict[str, Any]:
-        if kind == "passage":
-            saved = self.d_cat
-            self.d_cat = np.where(self.d_split == AUGMENT, "<augment>", saved)
-            try:
-                return super()._metrics(kind, sc, category, held_out_only=held_out_only)
-            finally:
-                self.d_cat = saved
-        return super()._metrics(kind, sc, category, held_out_only=held_out_only)
-
 
 def load(cache: Path) -> tuple[list[Any], list[Any], list[Any], np.ndarray]:
     """(passages, request rows read as passages, held-out rows, their probe features)."""
     cal, held = load_calibration_set(), load_benchmark_set()
     passages = [r for r in [*cal, *held] if r.kind == "passage"]
-    requests = [dataclasses.replace(r, kind="passage") for r in cal if r.kind == "query"]
+    requests = [r for r in cal if r.kind == "query"]
     if cache.exists():
         z = np.load(cache)
         return passages, requests, held, z["features"]
@@ -76,29 +53,6 @@ def load(cache: Path) -> tuple[list[Any], list[Any], list[Any], np.ndarray]:
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, features=feats, fingerprint=np.array(encoder.fingerprint))
     return passages, requests, held, feats
-
-
-def evaluate(
-    rows: list[Any], feats: np.ndarray, split_of: Any, categories: list[str], augmented: bool
-) -> Any:
-    features = SafetyFeatures(
-        encoder_fingerprint="",
-        instruction=None,
-        prototype=np.zeros(1),
-        queries=[],
-        passages=rows,
-        query_embeddings=np.zeros((0, 1)),
-        answer_states=None,
-        answer_features=None,
-        answer_token_ids={},
-        doc_embeddings={"probe": feats.astype(np.float64)},
-        probe_layer=15,
-        probe_states=np.zeros((0, 1)),
-        gate_embedding=False,
-    )
-    cls = AugmentedEvaluator if augmented else GeneralisationEvaluator
-    ev = cls(features, split_of, categories, LocoSettings(doc_spaces=("probe",), screen_probe="lda"))
-    return ev.leave_one_category_out(refusal_variants=())["screen"]
 
 
 class FitOnlyRequests(GeneralisationEvaluator):
@@ -115,19 +69,19 @@ class FitOnlyRequests(GeneralisationEvaluator):
         return space, probe, threshold
 
 
-def evaluate_shipped(
+def evaluate(
     passages: list[Any],
     requests: list[Any],
     feats: np.ndarray,
+    request_feats: np.ndarray,
     split_of: Any,
     categories: list[str],
     evaluator: type[GeneralisationEvaluator] = GeneralisationEvaluator,
 ) -> Any:
-    """The library's own path: the requests as query rows with their document-pass
-    features (``request_doc_embeddings``); each fold's screen trains on the fold's requests
-    and thresholds on its passages only (``fit_screen``'s ``request_index``)."""
-    n = len(passages)
-    queries = [dataclasses.replace(r, kind="query") for r in requests]
+    """The library's own path: ``requests`` (none: passages only) as query rows with their
+    document-pass features (``request_doc_embeddings``); each fold's screen trains on the
+    fold's calibration requests (``fit_screen``'s ``request_index``); only passages are scored."""
+    queries = list(requests)
     features = SafetyFeatures(
         encoder_fingerprint="",
         instruction=None,
@@ -138,53 +92,40 @@ def evaluate_shipped(
         answer_states=None,
         answer_features=None,
         answer_token_ids={},
-        doc_embeddings={"probe": feats[:n].astype(np.float64)},
+        doc_embeddings={"probe": feats.astype(np.float64)},
         probe_layer=15,
         probe_states=np.zeros((len(queries), 1)),
         gate_embedding=False,
-        request_doc_embeddings={"probe": feats[n:].astype(np.float64)},
+        request_doc_embeddings={"probe": request_feats.astype(np.float64)} if queries else None,
     )
-    query_split = {id(q): CALIBRATION for q in queries}
-
-    def split(r: Any) -> str:
-        return query_split.get(id(r)) or split_of(r)
-
-    ev = evaluator(features, split, categories, LocoSettings(doc_spaces=("probe",), screen_probe="lda"))
+    ev = evaluator(features, split_of, categories, LocoSettings(doc_spaces=("probe",), screen_probe="lda"))
     return ev.leave_one_category_out(refusal_variants=())["screen"]
 
 
 def main(out: str, cache: str) -> None:
     passages, requests, held, feats = load(Path(cache))
     held_ids = {id(r) for r in held}
-    request_ids = {id(r) for r in requests}
 
     def split_of(r: Any) -> str:
-        return AUGMENT if id(r) in request_ids else HELD_OUT if id(r) in held_ids else CALIBRATION
+        return HELD_OUT if id(r) in held_ids else CALIBRATION
 
     categories = categories_in(passages)
     n = len(passages)
-    results = {
-        "passages only (previous)": evaluate(passages, feats[:n], split_of, categories, augmented=False),
-        # The rows appended as passages: the first measurement of the idea.
-        "passages + requests, as extra passage rows": evaluate(
-            [*passages, *requests], feats, split_of, categories, augmented=True
-        ),
-        # The library's own path (requests validated on like passages): the same screen.
-        "passages + requests (shipped)": evaluate_shipped(passages, requests, feats, split_of, categories),
-        # The requests only train; validation and threshold are the passages' alone.
-        "passages + requests, requests only in the training fold": evaluate_shipped(
-            passages, requests, feats, split_of, categories, FitOnlyRequests
-        ),
-    }
+    doc, req = feats[:n], feats[n:]
     # Which half of the added rows does the work: the harmful requests alone.
     harmful = [i for i, r in enumerate(requests) if r.label == 1]
-    results["passages + harmful requests only"] = evaluate(
-        [*passages, *(requests[i] for i in harmful)],
-        np.concatenate([feats[:n], feats[n:][harmful]]),
-        split_of,
-        categories,
-        augmented=True,
-    )
+    results = {
+        "passages only (previous)": evaluate(passages, [], doc, req[:0], split_of, categories),
+        # The library's rule: requests are validated on like passages.
+        "passages + requests (shipped)": evaluate(passages, requests, doc, req, split_of, categories),
+        # The requests only train; validation and threshold are the passages' alone.
+        "passages + requests, requests only in the training fold": evaluate(
+            passages, requests, doc, req, split_of, categories, FitOnlyRequests
+        ),
+        "passages + harmful requests only": evaluate(
+            passages, [requests[i] for i in harmful], doc, req[harmful], split_of, categories
+        ),
+    }
     for name, screen in results.items():
         print(screen_variant_line(name, screen), flush=True)
     report = {
