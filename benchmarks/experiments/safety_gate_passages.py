@@ -103,6 +103,23 @@ def gate_line(name: str, gate: dict[str, Any]) -> str:
     )
 
 
+def gate_variants(variants: dict[str, GeneralisationEvaluator]) -> dict[str, Any]:
+    """Each evaluator's leave-one-category-out gate (with the refusal signal): recall,
+    benign false positives and per-category recall and look-alike FPR; printed as it goes."""
+    out: dict[str, Any] = {}
+    for name, evaluator in variants.items():
+        gate = evaluator.leave_one_category_out(refusal_variants=(True,))["gate"]["with_refusal_signal"]
+        out[name] = {
+            "recall": gate["recall"],
+            "benign_fpr": gate["benign_fpr"],
+            "per_category": {
+                c: {k: m[k] for k in ("recall", "lookalike_fpr")} for c, m in gate["per_category"].items()
+            },
+        }
+        print(gate_line(name, gate), flush=True)
+    return out
+
+
 def main(out: str, cache: str) -> None:
     base, added, held = load(Path(cache))
     held_ids = {id(r) for r in held}
@@ -122,16 +139,7 @@ def main(out: str, cache: str) -> None:
         "added_passage_rows": len(added.queries),
         "variants": {},
     }
-    for name, evaluator in variants.items():
-        gate = evaluator.leave_one_category_out(refusal_variants=(True,))["gate"]["with_refusal_signal"]
-        report["variants"][name] = {
-            "recall": gate["recall"],
-            "benign_fpr": gate["benign_fpr"],
-            "per_category": {
-                c: {k: m[k] for k in ("recall", "lookalike_fpr")} for c, m in gate["per_category"].items()
-            },
-        }
-        print(gate_line(name, gate), flush=True)
+    report["variants"] = gate_variants(variants)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safety_gate_passages import gate_line, load
+from safety_gate_passages import gate_variants, load
 from safety_screen_topic_nullspace import topic_directions
 
 from l2vg_retrieval.bench.harmful_loco import (
@@ -73,20 +73,10 @@ def main(out: str, cache: str) -> None:
     for k in (2, 4, 8, None):
         name = f"topic directions removed: {'all' if k is None else k}"
         variants[name] = topic_free_gate(k)(base, split_of, categories, settings)
-    report: dict[str, Any] = {
+    report = {
         "command": f"python benchmarks/experiments/safety_gate_topic_nullspace.py {out}",
-        "variants": {},
+        "variants": gate_variants(variants),
     }
-    for name, evaluator in variants.items():
-        gate = evaluator.leave_one_category_out(refusal_variants=(True,))["gate"]["with_refusal_signal"]
-        report["variants"][name] = {
-            "recall": gate["recall"],
-            "benign_fpr": gate["benign_fpr"],
-            "per_category": {
-                c: {m: v[m] for m in ("recall", "lookalike_fpr")} for c, v in gate["per_category"].items()
-            },
-        }
-        print(gate_line(name, gate), flush=True)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")
 
