@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,16 +104,47 @@ def evaluate(
     return ev.leave_one_category_out(refusal_variants=())["screen"]
 
 
-def main(out: str, cache: str) -> None:
-    passages, requests, held, feats = load(Path(cache))
+@dataclass
+class LocoInputs:
+    """What every screen experiment on the cached features starts from."""
+
+    passages: list[Any]
+    requests: list[Any]
+    split_of: Callable[[Any], str]
+    categories: list[str]
+    doc: np.ndarray  # the passages' probe features
+    req: np.ndarray  # the calibration requests' probe features, read as passages
+
+
+def loco_inputs(cache: Path) -> LocoInputs:
+    passages, requests, held, feats = load(cache)
     held_ids = {id(r) for r in held}
 
     def split_of(r: Any) -> str:
         return HELD_OUT if id(r) in held_ids else CALIBRATION
 
-    categories = categories_in(passages)
     n = len(passages)
-    doc, req = feats[:n], feats[n:]
+    return LocoInputs(passages, requests, split_of, categories_in(passages), feats[:n], feats[n:])
+
+
+def write_screen_report(out: str, command: str, results: dict[str, Any], **extra: Any) -> None:
+    """Print one line per screen variant and write them, with ``extra`` fields, to ``out``."""
+    for name, screen in results.items():
+        print(screen_variant_line(name, screen), flush=True)
+    report = {
+        "command": command,
+        **extra,
+        "variants": {k: screen_variant_record(v) for k, v in results.items()},
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+
+
+def main(out: str, cache: str) -> None:
+    x = loco_inputs(Path(cache))
+    passages, requests, doc, req, split_of, categories = (
+        x.passages, x.requests, x.doc, x.req, x.split_of, x.categories
+    )  # fmt: skip
     # Which half of the added rows does the work: the harmful requests alone.
     harmful = [i for i, r in enumerate(requests) if r.label == 1]
     results = {
@@ -126,15 +159,12 @@ def main(out: str, cache: str) -> None:
             passages, [requests[i] for i in harmful], doc, req[harmful], split_of, categories
         ),
     }
-    for name, screen in results.items():
-        print(screen_variant_line(name, screen), flush=True)
-    report = {
-        "command": f"python benchmarks/experiments/safety_screen_requests.py {out} --cache {cache}",
-        "added_request_rows": len(requests),
-        "variants": {k: screen_variant_record(v) for k, v in results.items()},
-    }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+    write_screen_report(
+        out,
+        f"python benchmarks/experiments/safety_screen_requests.py {out} --cache {cache}",
+        results,
+        added_request_rows=len(requests),
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -35,18 +34,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safety_screen_requests import evaluate, load
+from safety_screen_requests import evaluate, loco_inputs, write_screen_report
 
 from l2vg_retrieval import L2VGEncoder
 from l2vg_retrieval.backbones import load_backbone
-from l2vg_retrieval.bench.harmful_loco import (
-    CALIBRATION,
-    HELD_OUT,
-    screen_variant_line,
-    screen_variant_record,
-)
 from l2vg_retrieval.safety import embed_documents
-from l2vg_retrieval.safety_data import categories_in
 from l2vg_retrieval.training.responses import generate_response_cache
 
 # Openings of a refusal: such an answer to a harmful request is not a harmful passage.
@@ -87,7 +79,10 @@ def response_rows(requests: list[Any], said: dict[str, str]) -> tuple[list[Any],
 
 
 def main(out: str, request_cache: str, answer_cache: str, max_new_tokens: int) -> None:
-    passages, requests, held, feats = load(Path(request_cache))
+    x = loco_inputs(Path(request_cache))
+    passages, requests, doc, req, split_of, categories = (
+        x.passages, x.requests, x.doc, x.req, x.split_of, x.categories
+    )  # fmt: skip
     said = answers(requests, Path(answer_cache), max_new_tokens)
     answered, dropped = response_rows(requests, said)
     feature_cache = Path(answer_cache).with_suffix(".npz")
@@ -99,14 +94,6 @@ def main(out: str, request_cache: str, answer_cache: str, max_new_tokens: int) -
             encoder, [r.text for r in answered], "probe", probe_layer=15, show_progress_bar=True
         )
         np.savez(feature_cache, features=answer_feats, fingerprint=np.array(encoder.fingerprint))
-    held_ids = {id(r) for r in held}
-
-    def split_of(r: Any) -> str:
-        return HELD_OUT if id(r) in held_ids else CALIBRATION
-
-    categories = categories_in(passages)
-    n = len(passages)
-    doc, req = feats[:n], feats[n:]
     results = {
         "passages + requests (shipped)": evaluate(passages, requests, doc, req, split_of, categories),
         "passages + requests + answers": evaluate(
@@ -114,17 +101,14 @@ def main(out: str, request_cache: str, answer_cache: str, max_new_tokens: int) -
         ),
         "passages + answers": evaluate(passages, answered, doc, answer_feats, split_of, categories),
     }
-    for name, screen in results.items():
-        print(screen_variant_line(name, screen), flush=True)
     harmful = sum(r.label for r in answered)
-    report = {
-        "command": f"python benchmarks/experiments/safety_screen_responses.py {out}",
-        "max_new_tokens": max_new_tokens,
-        "answer_rows": {"harmful": harmful, "benign": len(answered) - harmful, "dropped": dropped},
-        "variants": {k: screen_variant_record(v) for k, v in results.items()},
-    }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+    write_screen_report(
+        out,
+        f"python benchmarks/experiments/safety_screen_responses.py {out}",
+        results,
+        max_new_tokens=max_new_tokens,
+        answer_rows={"harmful": harmful, "benign": len(answered) - harmful, "dropped": dropped},
+    )
 
 
 if __name__ == "__main__":

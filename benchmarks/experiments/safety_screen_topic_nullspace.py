@@ -18,23 +18,15 @@ requests as extra rows), from its cached features:
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safety_screen_requests import evaluate, load
+from safety_screen_requests import evaluate, loco_inputs, write_screen_report
 
-from l2vg_retrieval.bench.harmful_loco import (
-    CALIBRATION,
-    HELD_OUT,
-    GeneralisationEvaluator,
-    screen_variant_line,
-    screen_variant_record,
-)
+from l2vg_retrieval.bench.harmful_loco import ComponentScores, GeneralisationEvaluator
 from l2vg_retrieval.safety import fit_screen
-from l2vg_retrieval.safety_data import categories_in
 
 
 def topic_directions(rows: np.ndarray, categories: np.ndarray, k: int | None) -> np.ndarray:
@@ -75,8 +67,6 @@ def topic_free(k: int | None) -> type[GeneralisationEvaluator]:
             return space, probe, threshold
 
         def _screen_scores(self, space: Any, probe: Any, threshold: float) -> Any:
-            from l2vg_retrieval.bench.harmful_loco import ComponentScores
-
             x = self.features.doc_embeddings[space]
             v = self.projection
             assert v is not None
@@ -86,27 +76,12 @@ def topic_free(k: int | None) -> type[GeneralisationEvaluator]:
 
 
 def main(out: str, cache: str) -> None:
-    passages, requests, held, feats = load(Path(cache))
-    held_ids = {id(r) for r in held}
-
-    def split_of(r: Any) -> str:
-        return HELD_OUT if id(r) in held_ids else CALIBRATION
-
-    categories = categories_in(passages)
-    n = len(passages)
-    doc, req = feats[:n], feats[n:]
-    results = {"passages + requests (shipped)": evaluate(passages, requests, doc, req, split_of, categories)}
+    x = loco_inputs(Path(cache))
+    inputs = (x.passages, x.requests, x.doc, x.req, x.split_of, x.categories)
+    results = {"passages + requests (shipped)": evaluate(*inputs)}
     for k in (2, 4, 8, None):
-        name = f"topic directions removed: {'all' if k is None else k}"
-        results[name] = evaluate(passages, requests, doc, req, split_of, categories, topic_free(k))
-        print(screen_variant_line(name, results[name]), flush=True)
-    print(screen_variant_line("passages + requests (shipped)", results["passages + requests (shipped)"]))
-    report = {
-        "command": f"python benchmarks/experiments/safety_screen_topic_nullspace.py {out}",
-        "variants": {k: screen_variant_record(v) for k, v in results.items()},
-    }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+        results[f"topic directions removed: {'all' if k is None else k}"] = evaluate(*inputs, topic_free(k))
+    write_screen_report(out, f"python benchmarks/experiments/safety_screen_topic_nullspace.py {out}", results)
 
 
 if __name__ == "__main__":
