@@ -114,6 +114,9 @@ class LocoInputs:
     categories: list[str]
     doc: np.ndarray  # the passages' probe features
     req: np.ndarray  # the calibration requests' probe features, read as passages
+    # split_of tells rows apart by id(): the held-out rows must stay alive, or a row made
+    # later (an experiment's added rows) can take a freed id and pass for a held-out one.
+    held: list[Any]
 
 
 def loco_inputs(cache: Path) -> LocoInputs:
@@ -124,7 +127,7 @@ def loco_inputs(cache: Path) -> LocoInputs:
         return HELD_OUT if id(r) in held_ids else CALIBRATION
 
     n = len(passages)
-    return LocoInputs(passages, requests, split_of, categories_in(passages), feats[:n], feats[n:])
+    return LocoInputs(passages, requests, split_of, categories_in(passages), feats[:n], feats[n:], held)
 
 
 def write_screen_report(out: str, command: str, results: dict[str, Any], **extra: Any) -> None:

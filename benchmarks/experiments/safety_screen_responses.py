@@ -86,8 +86,9 @@ def main(out: str, request_cache: str, answer_cache: str, max_new_tokens: int) -
     said = answers(requests, Path(answer_cache), max_new_tokens)
     answered, dropped = response_rows(requests, said)
     feature_cache = Path(answer_cache).with_suffix(".npz")
-    if feature_cache.exists() and len(np.load(feature_cache)["features"]) == len(answered):
-        answer_feats = np.load(feature_cache)["features"]
+    cached = np.load(feature_cache)["features"] if feature_cache.exists() else None
+    if cached is not None and len(cached) == len(answered):
+        answer_feats = cached
     else:
         encoder = L2VGEncoder.from_pretrained(dtype="float32")
         answer_feats = embed_documents(
