@@ -44,6 +44,7 @@ WRITTEN_SUBDIR = "written"
 # Benign text written for this project outside any harm category (step-by-step how-to
 # passages): without it every instruction-shaped passage the screen saw was harmful.
 BENIGN_WRITTEN_SUBDIR = "benign_written"
+BENIGN_WRITTEN_KEYS = ("passages", "requests")
 CALIBRATION_FILE = "calibration.jsonl"
 BENCHMARK_FILE = "benchmark.jsonl"
 BENCHMARK_SUBDIR = "benchmark"
@@ -61,6 +62,7 @@ DOMAINS = (DOMAIN_HARMFUL, DOMAIN_LOOKALIKE, DOMAIN_TECHNICAL, DOMAIN_GENERAL)
 
 WRITTEN_SOURCE = "l2vg-written"
 PROCEDURAL_SOURCE = "l2vg-written:procedural"
+WRITING_REQUEST_SOURCE = "l2vg-written:writing-request"
 WRITTEN_LICENCE = "Apache-2.0 (written for this project)"
 MIT = "MIT"
 
@@ -251,6 +253,10 @@ class WrittenCategory:
     benign_requests: list[str]
     benign_passages: list[dict[str, str]]  # {"domain": ..., "text": ...}
     notes: str = ""
+    # Benign requests to write something on the category's topic (a story, a poem, a
+    # training, a policy): harmful requests are mostly imperative writing requests, and
+    # without these the gate learned that the shape itself is harm.
+    benign_writing_requests: list[str] = field(default_factory=list)
 
 
 def load_written(
@@ -270,6 +276,7 @@ def load_written(
             benign_requests=list(data["benign_requests"]),
             benign_passages=list(data["benign_passages"]),
             notes=data.get("notes", ""),
+            benign_writing_requests=list(data.get("benign_writing_requests", [])),
         )
         taxonomy.get(item.category)
         if path.stem != item.category:
@@ -281,20 +288,34 @@ def load_written(
     return out
 
 
-def load_benign_written(folder: Path | None = None) -> list[str]:
-    """The benign passages written for this project outside the harm categories (every
-    ``*.json`` under ``benign_written/``: ``{"passages": [{"topic", "text"}, ...]}``),
-    whitespace normalised, in file order."""
-    folder = folder or HARM_DATA_DIR / BENIGN_WRITTEN_SUBDIR
+def _benign_written_rows(folder: Path, key: str) -> list[str]:
+    """The ``key`` rows (``[{"topic", "text"}, ...]``) of every ``*.json`` under ``folder``
+    that has them, whitespace normalised, in file order; a file with neither known key is
+    an error rather than silently skipped."""
     texts: list[str] = []
     for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
-        for item in data["passages"]:
+        if not any(k in data for k in BENIGN_WRITTEN_KEYS):
+            raise ValueError(f"{path}: none of {BENIGN_WRITTEN_KEYS} in it")
+        for item in data.get(key, []):
             text = " ".join(str(item["text"]).split())
             if not text:
-                raise ValueError(f"{path}: an empty passage")
+                raise ValueError(f"{path}: an empty {key[:-1]}")
             texts.append(text)
     return texts
+
+
+def load_benign_written(folder: Path | None = None) -> list[str]:
+    """The benign passages written for this project outside the harm categories
+    (``benign_written/*.json`` with ``{"passages": [{"topic", "text"}, ...]}``)."""
+    return _benign_written_rows(folder or HARM_DATA_DIR / BENIGN_WRITTEN_SUBDIR, "passages")
+
+
+def load_benign_written_requests(folder: Path | None = None) -> list[str]:
+    """The everyday benign requests written for this project in the imperative shapes
+    harmful requests take ("Write a ...", "Create a tutorial on ...";
+    ``benign_written/*.json`` with ``{"requests": [{"topic", "text"}, ...]}``)."""
+    return _benign_written_rows(folder or HARM_DATA_DIR / BENIGN_WRITTEN_SUBDIR, "requests")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -772,6 +793,31 @@ def build_taxonomy_sets(
         LabelledText(q, 0, "query", WRITTEN_SOURCE, "benign", "", DOMAIN_LOOKALIKE, WRITTEN_LICENCE)
         for q in BORDERLINE_BENIGN_QUERIES
     )
+
+    # --- benign writing requests (per category, and everyday ones), split by text hash (no
+    # rng: the rest of the build is unchanged by them). Held-out category ones join the
+    # retrieval folder's unjudged look-alike queries; everyday ones stay in benchmark.jsonl
+    # (the general family's false positives), as the folder's unjudged set is look-alikes.
+    def writing_side(text: str) -> bool:
+        return _stable_hash(f"writing:{normalise_text(text)}") % 2 == 0
+
+    for category in taxonomy.ids:
+        item = written.get(category)
+        for text in item.benign_writing_requests if item is not None else ():
+            row = LabelledText(
+                " ".join(text.split()), 0, "query", WRITING_REQUEST_SOURCE, "benign", category,
+                DOMAIN_LOOKALIKE, WRITTEN_LICENCE,
+            )  # fmt: skip
+            if writing_side(text):
+                rows_cal.append(row)
+            else:
+                rows_held.append(row)
+                lookalike_held.append(row)
+    for text in load_benign_written_requests(data_dir / BENIGN_WRITTEN_SUBDIR):
+        row = LabelledText(
+            text, 0, "query", WRITING_REQUEST_SOURCE, "benign", "", DOMAIN_GENERAL, WRITTEN_LICENCE
+        )
+        (rows_cal if writing_side(text) else rows_held).append(row)
 
     # --- generic benign queries for calibration: the training pool's held-out split
     heldout_rows = sorted({r["text"]: r for r in _read_jsonl(heldout_file)}.values(), key=lambda r: r["text"])

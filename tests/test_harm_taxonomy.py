@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from l2vg_retrieval.safety_data import (
     HARM_DATA_DIR,
     LEAD_SUFFIX,
     PROCEDURAL_SOURCE,
+    WRITING_REQUEST_SOURCE,
     WRITTEN_SOURCE,
     Behaviour,
     LabelledText,
@@ -24,6 +26,7 @@ from l2vg_retrieval.safety_data import (
     lead_excerpt,
     load_benchmark_set,
     load_benign_written,
+    load_benign_written_requests,
     load_calibration_set,
     load_taxonomy,
     load_written,
@@ -186,6 +189,45 @@ def test_benign_how_to_passages_are_on_both_sides_and_in_the_benchmark_corpus(
     corpus = load_advbench_ir(offline_folder()).corpus
     howto = {normalise_text(text) for doc_id, text in corpus.items() if doc_id.startswith("howto-")}
     assert howto == {normalise_text(r.text) for r in sides[1]}
+
+
+def test_benign_writing_requests_are_on_both_sides_per_category_and_everyday(
+    splits: tuple[list[LabelledText], list[LabelledText]],
+) -> None:
+    """Most harmful requests are imperative writing requests ("Write a ...", "Create a ...");
+    benign ones of that shape, on every category's topic and on everyday topics, sit on both
+    sides, so the gate cannot learn the shape as harm and the benchmark measures what it
+    blocks of it."""
+    verbs = "write|create|generate|develop|draft|compose|give|provide|describe|outline|design|tell"
+    shape = re.compile(rf"^({verbs})\b", re.I)
+    everyday = load_benign_written_requests()
+    assert len(everyday) >= 200 and len({normalise_text(t) for t in everyday}) == len(everyday)
+    per_category = {c: w.benign_writing_requests for c, w in load_written().items()}
+    assert set(per_category) == set(load_taxonomy().ids)
+    for category, texts in [*per_category.items(), ("", everyday)]:
+        assert len(texts) >= 20, category
+        assert sum(bool(shape.match(t)) for t in texts) >= 0.9 * len(texts), category
+    sides = [[r for r in rows if r.source == WRITING_REQUEST_SOURCE] for rows in splits]
+    for side in sides:
+        assert all(r.label == 0 and r.kind == "query" for r in side)
+        by_family = Counter(r.family for r in side)
+        assert by_family["general"] >= 80 and by_family["lookalike"] >= 100, by_family
+        assert {r.category for r in side if r.family == "lookalike"} == set(per_category)
+    written = {normalise_text(t) for t in [*everyday, *(t for ts in per_category.values() for t in ts)]}
+    assert {normalise_text(r.text) for r in sides[0] + sides[1]} == written
+    # Held-out look-alike writing requests are among the retrieval benchmark's unjudged queries.
+    unjudged = {normalise_text(t) for t in load_advbench_ir(offline_folder()).benign_unjudged.values()}
+    assert {normalise_text(r.text) for r in sides[1] if r.family == "lookalike"} <= unjudged
+
+
+def test_benign_written_files_must_hold_passages_or_requests(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(json.dumps({"passages": [{"topic": "t", "text": "Rest the dough."}]}))
+    (tmp_path / "b.json").write_text(json.dumps({"requests": [{"topic": "t", "text": "Write a  poem."}]}))
+    assert load_benign_written(tmp_path) == ["Rest the dough."]
+    assert load_benign_written_requests(tmp_path) == ["Write a poem."]
+    (tmp_path / "c.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(ValueError, match="none of"):
+        load_benign_written(tmp_path)
 
 
 def test_lead_excerpt_takes_whole_opening_sentences_within_bounds() -> None:
