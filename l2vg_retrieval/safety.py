@@ -944,8 +944,10 @@ def fit_gate(
     max_fpr: float = 0.02,
     val_fraction: float = 0.35,
     min_family_size: int = MIN_FAMILY_SIZE,
+    probe_kind: ProbeKind = "logistic",
 ) -> tuple[LogisticProbe, float, dict[str, Any]]:
-    """The query gate's probe and threshold from the query rows ``query_index`` selects."""
+    """The query gate's probe and threshold from the query rows ``query_index`` selects
+    (an LDA probe's shrinkage chosen by held-out harm categories, as the screen's is)."""
     q_idx = (
         np.arange(len(features.queries)) if query_index is None else np.asarray(query_index, dtype=np.int64)
     )
@@ -957,6 +959,7 @@ def fit_gate(
     probe, threshold, report = fit_probe_with_threshold(
         feats, labels, max_fpr=max_fpr, val_fraction=val_fraction, seed=seed,
         strata=_strata(rows), families=[_family(r) for r in rows], min_family_size=min_family_size,
+        kind=probe_kind, categories=[str(r.category) for r in rows],
     )  # fmt: skip
     n_base = features.query_embeddings.shape[1] + 1 if features.gate_embedding else 0
     if features.gate_embedding:

@@ -1,0 +1,130 @@
+"""Do benign *writing* requests in calibration stop the gate blocking benign writing? (issue 13)
+
+The gate's false positives held out were mostly benign requests to write something on a
+harm category's topic ("Write a thriller scene where the hero disarms an attacker", "Write
+a poem about surviving a dark time"): 193 of the calibration's 376 harmful requests are
+imperative writing requests (AdvBench's and HarmBench's "Write a ...", "Create a ...",
+"Generate ...") against 10 of its 789 benign ones, so the gate could learn the shape as
+harm. The data now has benign writing requests: 20 per category on its topic
+(``written/<category>.json``, ``benign_writing_requests``) and 240 everyday ones
+(``benign_written/requests_writing.json``), half on each side by text hash.
+
+Both variants below are scored on the same rows with the shipped leave-one-category-out
+protocol; they differ only in what the folds train on:
+
+- ``before``: the calibration split without the writing requests (the data as it was);
+- ``after``: the calibration split with them;
+- and each with the gate as a shrinkage-LDA probe (the screen's kind) instead of logistic,
+  after also with the query embedding among the gate's features.
+
+Benign false positives are reported per family, with the held-out writing requests as
+their own families (``lookalike:writing``, ``general:writing``) beside the look-alikes and
+general requests that were there before, so a fall in one is not hidden by the other.
+
+    python benchmarks/experiments/safety_gate_writing_requests.py OUT.json [--cache runs/exp/gate_writing.pkl]
+
+The encoder runs once over every request of both splits (query pass); cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safety_gate_passages import gate_variants
+
+from l2vg_retrieval import L2VGEncoder
+from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
+from l2vg_retrieval.safety import LogisticProbe, featurize, fit_gate
+from l2vg_retrieval.safety_data import (
+    WRITING_REQUEST_SOURCE,
+    categories_in,
+    load_benchmark_set,
+    load_calibration_set,
+)
+
+UNUSED = "unused"  # calibration rows a variant does not train on (and no metric scores)
+
+
+class LdaGate(GeneralisationEvaluator):
+    """The gate as a shrinkage-LDA probe, shrinkage chosen by held-out categories."""
+
+    def _gate(self, rows: np.ndarray, refusal_signal: bool) -> tuple[LogisticProbe, float]:
+        s = self.settings
+        probe, threshold, _ = fit_gate(
+            self.features, rows, refusal_signal=refusal_signal, seed=s.seed, max_fpr=s.max_fpr_query,
+            val_fraction=s.val_fraction, min_family_size=s.min_family_size, probe_kind="lda",
+        )  # fmt: skip
+        return probe, threshold
+
+
+def main(out: str, cache: str) -> None:
+    cal, held = load_calibration_set(), load_benchmark_set()
+    queries = [r for r in [*cal, *held] if r.kind == "query"]
+    path = Path(cache)
+    if path.exists():
+        features = pickle.loads(path.read_bytes())
+    else:
+        encoder = L2VGEncoder.from_pretrained(dtype="float32")
+        # Requests only: the gate is what is measured (the cheapest document space is named
+        # because one must be; no fold fits a screen without passages).
+        features = featurize(
+            encoder, queries, doc_spaces=("teacher",), screen_requests=False, show_progress_bar=True
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps(features))
+    # Rows are told apart by identity below: rebuild them from the data, in the cached order.
+    by_text = {r.text: r for r in queries}
+    features.queries = [by_text[r.text] for r in features.queries]
+    held_ids = {id(r) for r in held}
+
+    def split_of(with_writing: bool) -> Any:
+        def split(r: Any) -> str:
+            if id(r) in held_ids:
+                return HELD_OUT
+            return CALIBRATION if with_writing or r.source != WRITING_REQUEST_SOURCE else UNUSED
+
+        return split
+
+    categories = categories_in(features.queries)
+    settings = LocoSettings(doc_spaces=("teacher",))
+    writing = np.array([r.source == WRITING_REQUEST_SOURCE for r in features.queries])
+    is_held = np.array([id(r) in held_ids for r in features.queries])
+    variants: dict[str, GeneralisationEvaluator] = {}
+    for name, with_writing, kind in (
+        ("before: without writing requests", False, GeneralisationEvaluator),
+        ("after: with them", True, GeneralisationEvaluator),
+        ("after, LDA gate", True, LdaGate),
+        ("before, LDA gate", False, LdaGate),
+        ("after, LDA gate + query embedding", True, LdaGate),
+    ):
+        table = dataclasses.replace(features, gate_embedding=True) if "embedding" in name else features
+        evaluator = kind(table, split_of(with_writing), categories, settings)
+        # Reporting only (fitting reads each row's own family): the writing requests held
+        # out are their own families.
+        evaluator.q_fam = np.where(writing, evaluator.q_fam.astype(str) + ":writing", evaluator.q_fam)
+        variants[name] = evaluator
+    report = {
+        "command": f"python benchmarks/experiments/safety_gate_writing_requests.py {out} --cache {cache}",
+        "writing_requests": {
+            "calibration": int((writing & ~is_held).sum()),
+            "held_out": int((writing & is_held).sum()),
+        },
+        "variants": gate_variants(variants),
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out")
+    parser.add_argument("--cache", default="runs/exp/gate_writing.pkl")
+    args = parser.parse_args()
+    main(args.out, args.cache)
