@@ -902,3 +902,28 @@ def test_trained_default_screen_meets_a_recall_floor_at_a_bounded_fpr_on_held_ou
     recall, fpr = float(flagged[labels == 1].mean()), float(flagged[labels == 0].mean())
     print(f"screen on {len(rows)} held-out passages: recall {recall:.3f}, FPR {fpr:.3f}")
     assert recall >= SCREEN_MIN_RECALL and fpr <= SCREEN_MAX_FPR, (recall, fpr)
+
+
+def test_gate_probe_kind_lda_chooses_its_shrinkage_by_held_out_categories() -> None:
+    """``fit_gate(probe_kind="lda")`` fits the gate as the screen's kind of probe, with the
+    rows' categories; the default stays logistic."""
+    rng = np.random.default_rng(0)
+    rows: list[LabelledText] = []
+    for c in range(6):
+        cat = f"c{c}"
+        rows += [LabelledText(f"h{c}-{i}", 1, "query", category=cat, domain="harmful") for i in range(24)]
+        rows += [LabelledText(f"l{c}-{i}", 0, "query", category=cat, domain="lookalike") for i in range(12)]
+    rows += [LabelledText(f"g{i}", 0, "query", domain="general") for i in range(240)]
+    emb = rng.normal(0.0, 1.0, (len(rows), 8))
+    emb[[i for i, r in enumerate(rows) if r.label], 0] += 3.0
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    features = SafetyFeatures(
+        encoder_fingerprint="synthetic", instruction=None, prototype=np.eye(8)[7], queries=rows,
+        passages=[], query_embeddings=emb, answer_states=None, answer_features=None,
+        answer_token_ids={}, doc_embeddings={}, gate_embedding=True,
+    )  # fmt: skip
+    _, _, lda = safety.fit_gate(features, refusal_signal=False, max_fpr=0.05, probe_kind="lda")
+    assert lda["probe"] == "lda" and lda["selected_by"] == "held-out categories"
+    assert lda["recall"] > 0.5
+    _, _, logistic = safety.fit_gate(features, refusal_signal=False, max_fpr=0.05)
+    assert logistic["probe"] == "logistic" and "held_out_category_recall" not in logistic
