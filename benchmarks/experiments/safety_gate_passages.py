@@ -62,22 +62,28 @@ def load(cache: Path) -> tuple[SafetyFeatures, SafetyFeatures, list[Any]]:
         base, added = pickle.loads(cache.read_bytes())
     else:
         encoder = L2VGEncoder.from_pretrained(dtype="float32")
-        # Requests only: the gate is what is measured, and with no passages no fold fits a
-        # screen (the cheapest document space is named because one must be).
-        options: dict[str, Any] = {
-            "doc_spaces": ("teacher",),
-            "screen_requests": False,
-            "show_progress_bar": True,
-        }
-        base = featurize(encoder, [r for r in [*cal, *held] if r.kind == "query"], **options)
-        as_requests = [dataclasses.replace(r, kind="query") for r in cal if r.kind == "passage"]
-        added = featurize(encoder, as_requests, **options)
+        base = featurize_requests(encoder, [r for r in [*cal, *held] if r.kind == "query"])
+        added = featurize_requests(
+            encoder, [dataclasses.replace(r, kind="query") for r in cal if r.kind == "passage"]
+        )
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_bytes(pickle.dumps((base, added)))
-    # Rows are matched by identity below: rebuild them from the data, in the cached order.
-    by_key = {(r.kind, r.text): r for r in [*cal, *held]}
-    base.queries = [by_key[("query", r.text)] for r in base.queries]
+    rebind_queries(base, [r for r in [*cal, *held] if r.kind == "query"])
     return base, added, held
+
+
+def featurize_requests(encoder: Any, rows: list[Any]) -> SafetyFeatures:
+    """What the gate reads of ``rows`` (query rows). Requests only: the gate is what is
+    measured, and with no passages no fold fits a screen (the cheapest document space is
+    named because one must be)."""
+    return featurize(encoder, rows, doc_spaces=("teacher",), screen_requests=False, show_progress_bar=True)
+
+
+def rebind_queries(features: SafetyFeatures, rows: list[Any]) -> None:
+    """Point cached features at ``rows`` (matched by text, in the cached order): the
+    experiments tell rows apart by identity."""
+    by_text = {r.text: r for r in rows}
+    features.queries = [by_text[r.text] for r in features.queries]
 
 
 def augmented(base: SafetyFeatures, added: SafetyFeatures) -> SafetyFeatures:
@@ -120,6 +126,16 @@ def gate_variants(variants: dict[str, GeneralisationEvaluator]) -> dict[str, Any
     return out
 
 
+def write_gate_report(
+    out: str, command: str, variants: dict[str, GeneralisationEvaluator], **extra: Any
+) -> None:
+    """Run and print each gate variant (:func:`gate_variants`) and write them, with
+    ``extra`` fields, to ``out``."""
+    report = {"command": command, **extra, "variants": gate_variants(variants)}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+
+
 def main(out: str, cache: str) -> None:
     base, added, held = load(Path(cache))
     held_ids = {id(r) for r in held}
@@ -134,14 +150,12 @@ def main(out: str, cache: str) -> None:
         "requests only (shipped)": GeneralisationEvaluator(base, split_of, categories, settings),
         "requests + passages": AugmentedEvaluator(augmented(base, added), split_of, categories, settings),
     }
-    report: dict[str, Any] = {
-        "command": f"python benchmarks/experiments/safety_gate_passages.py {out} --cache {cache}",
-        "added_passage_rows": len(added.queries),
-        "variants": {},
-    }
-    report["variants"] = gate_variants(variants)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+    write_gate_report(
+        out,
+        f"python benchmarks/experiments/safety_gate_passages.py {out} --cache {cache}",
+        variants,
+        added_passage_rows=len(added.queries),
+    )
 
 
 if __name__ == "__main__":

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safety_gate_passages import gate_variants, load
+from safety_gate_passages import load, write_gate_report
 from safety_screen_topic_nullspace import topic_directions
 
 from l2vg_retrieval.bench.harmful_loco import (
@@ -48,7 +47,7 @@ def topic_free_gate(k: int | None) -> type[GeneralisationEvaluator]:
             self.projected = dataclasses.replace(f, probe_states=states)
             probe, threshold, _ = fit_gate(
                 self.projected, rows, refusal_signal=refusal_signal, seed=s.seed, max_fpr=s.max_fpr_query,
-                val_fraction=s.val_fraction, min_family_size=s.min_family_size,
+                val_fraction=s.val_fraction, min_family_size=s.min_family_size, probe_kind=s.gate_probe,
             )  # fmt: skip
             return probe, threshold
 
@@ -73,12 +72,7 @@ def main(out: str, cache: str) -> None:
     for k in (2, 4, 8, None):
         name = f"topic directions removed: {'all' if k is None else k}"
         variants[name] = topic_free_gate(k)(base, split_of, categories, settings)
-    report = {
-        "command": f"python benchmarks/experiments/safety_gate_topic_nullspace.py {out}",
-        "variants": gate_variants(variants),
-    }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+    write_gate_report(out, f"python benchmarks/experiments/safety_gate_topic_nullspace.py {out}", variants)
 
 
 if __name__ == "__main__":

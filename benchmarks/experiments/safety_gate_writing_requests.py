@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safety_gate_passages import gate_variants
+from safety_gate_passages import featurize_requests, rebind_queries, write_gate_report
 
 from l2vg_retrieval import L2VGEncoder
 from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
-from l2vg_retrieval.safety import LogisticProbe, featurize, fit_gate
+from l2vg_retrieval.safety import ProbeKind
 from l2vg_retrieval.safety_data import (
     WRITING_REQUEST_SOURCE,
     categories_in,
@@ -50,17 +49,15 @@ from l2vg_retrieval.safety_data import (
 
 UNUSED = "unused"  # calibration rows a variant does not train on (and no metric scores)
 
-
-class LdaGate(GeneralisationEvaluator):
-    """The gate as a shrinkage-LDA probe, shrinkage chosen by held-out categories."""
-
-    def _gate(self, rows: np.ndarray, refusal_signal: bool) -> tuple[LogisticProbe, float]:
-        s = self.settings
-        probe, threshold, _ = fit_gate(
-            self.features, rows, refusal_signal=refusal_signal, seed=s.seed, max_fpr=s.max_fpr_query,
-            val_fraction=s.val_fraction, min_family_size=s.min_family_size, probe_kind="lda",
-        )  # fmt: skip
-        return probe, threshold
+# name, whether the folds train on the writing requests, the gate's probe, whether it also
+# reads the query embedding
+VARIANTS: tuple[tuple[str, bool, ProbeKind, bool], ...] = (
+    ("before: without writing requests", False, "logistic", False),
+    ("after: with them", True, "logistic", False),
+    ("after, LDA gate", True, "lda", False),
+    ("before, LDA gate", False, "lda", False),
+    ("after, LDA gate + query embedding", True, "lda", True),
+)
 
 
 def main(out: str, cache: str) -> None:
@@ -70,17 +67,10 @@ def main(out: str, cache: str) -> None:
     if path.exists():
         features = pickle.loads(path.read_bytes())
     else:
-        encoder = L2VGEncoder.from_pretrained(dtype="float32")
-        # Requests only: the gate is what is measured (the cheapest document space is named
-        # because one must be; no fold fits a screen without passages).
-        features = featurize(
-            encoder, queries, doc_spaces=("teacher",), screen_requests=False, show_progress_bar=True
-        )
+        features = featurize_requests(L2VGEncoder.from_pretrained(dtype="float32"), queries)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(pickle.dumps(features))
-    # Rows are told apart by identity below: rebuild them from the data, in the cached order.
-    by_text = {r.text: r for r in queries}
-    features.queries = [by_text[r.text] for r in features.queries]
+    rebind_queries(features, queries)
     held_ids = {id(r) for r in held}
 
     def split_of(with_writing: bool) -> Any:
@@ -92,33 +82,29 @@ def main(out: str, cache: str) -> None:
         return split
 
     categories = categories_in(features.queries)
-    settings = LocoSettings(doc_spaces=("teacher",))
     writing = np.array([r.source == WRITING_REQUEST_SOURCE for r in features.queries])
     is_held = np.array([id(r) in held_ids for r in features.queries])
     variants: dict[str, GeneralisationEvaluator] = {}
-    for name, with_writing, kind in (
-        ("before: without writing requests", False, GeneralisationEvaluator),
-        ("after: with them", True, GeneralisationEvaluator),
-        ("after, LDA gate", True, LdaGate),
-        ("before, LDA gate", False, LdaGate),
-        ("after, LDA gate + query embedding", True, LdaGate),
-    ):
-        table = dataclasses.replace(features, gate_embedding=True) if "embedding" in name else features
-        evaluator = kind(table, split_of(with_writing), categories, settings)
+    for name, with_writing, gate_probe, with_embedding in VARIANTS:
+        evaluator = GeneralisationEvaluator(
+            dataclasses.replace(features, gate_embedding=with_embedding),
+            split_of(with_writing),
+            categories,
+            LocoSettings(doc_spaces=("teacher",), gate_probe=gate_probe),
+        )
         # Reporting only (fitting reads each row's own family): the writing requests held
         # out are their own families.
         evaluator.q_fam = np.where(writing, evaluator.q_fam.astype(str) + ":writing", evaluator.q_fam)
         variants[name] = evaluator
-    report = {
-        "command": f"python benchmarks/experiments/safety_gate_writing_requests.py {out} --cache {cache}",
-        "writing_requests": {
+    write_gate_report(
+        out,
+        f"python benchmarks/experiments/safety_gate_writing_requests.py {out} --cache {cache}",
+        variants,
+        writing_requests={
             "calibration": int((writing & ~is_held).sum()),
             "held_out": int((writing & is_held).sum()),
         },
-        "variants": gate_variants(variants),
-    }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+    )
     print(f"wrote {out}")
 
 

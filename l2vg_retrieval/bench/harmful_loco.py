@@ -54,6 +54,7 @@ class LocoSettings:
     # None: every space the features hold (featurize's default is the library's default).
     doc_spaces: tuple[DocSpace, ...] | None = None
     screen_probe: ProbeKind = DEFAULT_SCREEN_PROBE
+    gate_probe: ProbeKind = "logistic"
 
 
 @dataclass
@@ -169,7 +170,7 @@ class GeneralisationEvaluator:
         s = self.settings
         probe, threshold, _ = fit_gate(
             self.features, rows, refusal_signal=refusal_signal, seed=s.seed, max_fpr=s.max_fpr_query,
-            val_fraction=s.val_fraction, min_family_size=s.min_family_size,
+            val_fraction=s.val_fraction, min_family_size=s.min_family_size, probe_kind=s.gate_probe,
         )  # fmt: skip
         return probe, threshold
 
