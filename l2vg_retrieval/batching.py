@@ -89,6 +89,17 @@ def pad_left(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return input_ids, mask
 
 
+def own_positions(batch: Sequence[Sequence[int]], head: Sequence[int], width: int) -> torch.Tensor:
+    """``[B, width]`` float mask of each left-padded row's own positions: its last
+    ``len(row) - common_prefix_length([row], head)`` ones, i.e. everything after the
+    template + prompt ``head`` (a row's text and the template's tail)."""
+    own = torch.zeros((len(batch), width), dtype=torch.float32)
+    for row, ids in enumerate(batch):
+        n_own = min(len(ids) - common_prefix_length([ids], head), width)
+        own[row, width - n_own :] = 1.0
+    return own
+
+
 def common_prefix_length(rows: Sequence[Sequence[int]], hint: Sequence[int] | None = None) -> int:
     """Tokens every row starts with, leaving each row at least one token of its own.
 

@@ -88,6 +88,21 @@ def register(app: typer.Typer) -> None:
                 "recall on harm categories held out of the fit; default) or logistic"
             ),
         ] = "lda",
+        gate_probe: Annotated[
+            str,
+            typer.Option(
+                help="the query gate's probe: lda (shrinkage discriminant, shrinkage chosen by recall "
+                "on harm categories held out of the fit; default) or logistic"
+            ),
+        ] = "lda",
+        probe_mean: Annotated[
+            bool,
+            typer.Option(
+                help="the gate also reads the mean over the request's own tokens after the probe "
+                "layer, beside the answer position's state (same pass; carries over better to "
+                "unseen harm categories)"
+            ),
+        ] = True,
         screen_requests: Annotated[
             bool,
             typer.Option(
@@ -107,8 +122,9 @@ def register(app: typer.Typer) -> None:
         from .safety import PROBE_KINDS, calibrate
         from .safety_data import load_calibration_set
 
-        if screen_probe not in PROBE_KINDS:
-            fail(f"--screen-probe must be one of {', '.join(PROBE_KINDS)}, got {screen_probe!r}")
+        for option, kind in (("--screen-probe", screen_probe), ("--gate-probe", gate_probe)):
+            if kind not in PROBE_KINDS:
+                fail(f"{option} must be one of {', '.join(PROBE_KINDS)}, got {kind!r}")
         encoder = load_encoder(model, dtype)
         try:
             rows = load_calibration_set(data)
@@ -116,6 +132,7 @@ def register(app: typer.Typer) -> None:
                 encoder, rows, seed=seed, max_fpr_query=max_fpr_query, max_fpr_doc=max_fpr_doc,
                 refusal_signal=refusal_signal, probe_layer=probe_layer, min_family_size=min_family_size,
                 doc_spaces=doc_space or None, screen_probe=screen_probe,  # type: ignore[arg-type]
+                gate_probe=gate_probe, probe_mean=probe_mean,  # type: ignore[arg-type]
                 screen_requests=screen_requests, show_progress_bar=True,
             )  # fmt: skip
         except (OSError, ValueError) as exc:

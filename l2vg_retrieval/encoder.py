@@ -25,6 +25,7 @@ from .batching import (
     common_prefix_length,
     encode_texts,
     format_output,
+    own_positions,
     pad_left,
     positions_from_mask,
     run_batched,
@@ -427,8 +428,10 @@ class L2VGEncoder(torch.nn.Module):
         """``answer_states``, if given, receives the final hidden state ``[B, H]`` of each row's
         last template token: where the LM would begin its answer (read by the safety gate).
         With an ``exit_layer`` every state here, that one included, is read at the exit layer.
-        With ``probe_layer`` k it receives ``[B, 2H]``: that state, then the same position's
-        state after the first k layers (read by a forward hook on the text pass only)."""
+        With ``probe_layer`` k it receives ``[B, 3H]``: that state, then, after the first k
+        layers, the same position's state and the mean over the text's own positions
+        (everything after the template + prompt head, as :meth:`probe_states` reads them;
+        read by a forward hook on the text pass only)."""
         body = self.encoding_body
         n_special = self.config.n_special
         # Without autograd the text and the special tokens run as one pass: the same causal
@@ -438,30 +441,35 @@ class L2VGEncoder(torch.nn.Module):
         fused = not torch.is_grad_enabled()
         # The last text position (the answer position) in what the text's pass returns.
         text_last = -1 - n_special if fused else -1
-        probe: list[torch.Tensor] = []
-        hook = None
-        if answer_states is not None and probe_layer is not None:
-            layer = self.decoder_layers()[self.check_probe_layer(probe_layer) - 1]
-
-            def keep_last(_module: torch.nn.Module, _args: Any, output: Any) -> None:
-                hidden = output[0] if isinstance(output, tuple) else output
-                probe.append(hidden[:, text_last].float())
-
-            hook = layer.register_forward_hook(keep_last)
         # A LoRA in training changes the text's states too, so then the text passes need
         # gradients (and a fresh prefix each step); a frozen encoder never does.
         text_grad = self.adapter is not None and torch.is_grad_enabled()
         # What rows share with the known template + instruction head; a bare LCP would, for
         # a single text, cache that whole text as a "prefix" and evict the useful ones.
-        shared = common_prefix_length(batch, list(prefix_hint or self.template.prefix_ids))
+        head = list(prefix_hint or self.template.prefix_ids)
+        shared = common_prefix_length(batch, head)
         rest_ids, rest_mask = pad_left([ids[shared:] for ids in batch], self.tokenizer.pad_token_id)
         rest_ids, rest_mask = rest_ids.to(self.device_), rest_mask.to(self.device_)
         n_batch = rest_ids.shape[0]
+        # Built before the probe's hook exists: computing a new prefix runs the layers too.
         cache = self._expanded_prefix_cache(tuple(batch[0][:shared]), n_batch, fresh=text_grad)
         prefix_mask = torch.ones((n_batch, shared), dtype=torch.long, device=self.device_)
         mask = torch.cat([prefix_mask, rest_mask], dim=1)
         special = self.special_tokens.to(self.dtype_).unsqueeze(0).expand(n_batch, -1, -1)
         full_mask = torch.cat([mask, torch.ones_like(mask[:, :1]).expand(-1, n_special)], dim=1)
+        probe: list[torch.Tensor] = []
+        hook = None
+        if answer_states is not None and probe_layer is not None:
+            layer = self.decoder_layers()[self.check_probe_layer(probe_layer) - 1]
+            own = own_positions(batch, head, rest_ids.shape[1]).to(self.device_)
+
+            def keep_last_and_mean(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+                hidden = output[0] if isinstance(output, tuple) else output
+                text = hidden[:, : own.shape[1]].float()  # fused: the special tokens follow
+                mean = (text * own.unsqueeze(-1)).sum(1) / own.sum(1, keepdim=True).clamp_min(1.0)
+                probe.append(torch.cat([hidden[:, text_last].float(), mean], dim=1))
+
+            hook = layer.register_forward_hook(keep_last_and_mean)
         try:
             if fused:
                 embeds = torch.cat([self.lm.get_input_embeddings()(rest_ids), special], dim=1)
@@ -638,12 +646,13 @@ class L2VGEncoder(torch.nn.Module):
         position (the last template token, where the LM would start its reply): ``([N, D],
         [N, H])``, or ``([D], [H])`` for one string. ``lm.get_output_embeddings()`` of that
         state is the backbone's next-token distribution, e.g. how likely it is to refuse.
-        With ``probe_layer`` k the states are ``[N, 2H]``: the final one, then the one after
-        k layers (a middle layer's state says more about what is asked: the safety gate's
-        probe reads it). Plain :meth:`encode` never computes them."""
+        With ``probe_layer`` k the states are ``[N, 3H]``: the final one, then after k layers
+        the answer position's state and the mean over the text's own positions (a middle
+        layer says more about what is asked: the safety gate's probe reads it). Plain
+        :meth:`encode` never computes them."""
         items, single = as_text_list(texts)
         width = self.output_dim(dim)
-        n_states = self.hidden_size * (1 if probe_layer is None else 2)
+        n_states = self.hidden_size * (1 if probe_layer is None else 3)
         if probe_layer is not None:
             self.check_probe_layer(probe_layer)
         if not items:
@@ -716,11 +725,7 @@ class L2VGEncoder(torch.nn.Module):
             input_ids, mask = input_ids.to(self.device_), mask.to(self.device_)
             positions = positions_from_mask(mask)
             body(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False)
-            # Left padding: a row's own positions are its last (length - head) ones.
-            own = torch.zeros_like(mask, dtype=torch.float32)
-            for row, row_ids in enumerate(batch):
-                n_own = len(row_ids) - common_prefix_length([row_ids], hint)
-                own[row, mask.shape[1] - n_own :] = 1.0
+            own = own_positions(batch, hint, mask.shape[1]).to(self.device_)
             blocks = []
             for layer in layers:
                 hidden = captured[layer].float()

@@ -103,6 +103,12 @@ ANSWER_FEATURES: tuple[str, ...] = ("refusal_start_logprob", "compliance_start_l
 # and the refusal signal alone reached 83% (at 0.6% benign false positives) and adding the
 # embedding brought it back to 77%, the embedding's topic directions fit the categories seen.
 PROBE_FEATURE = "probe_state"
+# Beside it, the mean over the request's own tokens at the same layer (unit length), as the
+# screen reads passages: leave-one-category-out it ranks a category nobody calibrated for
+# better (mean AUC 0.979 -> 0.983 with the LDA gate, 0.975 -> 0.982 logistic) and the LDA gate
+# blocks 80% of it at 1.9% benign false positives, against 76% at 2.1% for the state alone
+# (benchmarks/results/ablations/safety_gate_probe_mean.json). Same pass, no extra cost.
+PROBE_MEAN_FEATURE = "probe_mean"
 DEFAULT_PROBE_LAYER: int | str | None = "middle"
 L2_GRID: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
 # How a probe is fitted. "logistic": regularised logistic regression, its L2 strength chosen
@@ -114,11 +120,21 @@ L2_GRID: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
 # with only intellectual property still under half (45%; logistic: defamation too).
 # Logistic regression finds whatever separates the categories it is shown; the shrunk
 # discriminant leans on the directions every harmful passage shares
-# (benchmarks/results/safety_screen_generalisation.json). The gate stays logistic: there LDA
-# bought recall with look-alike false positives (4.3% -> 6.9%).
+# (benchmarks/results/safety_screen_generalisation.json). The gate is LDA too since it reads
+# the mean over the request's tokens (PROBE_MEAN_FEATURE): leave-one-category-out 80% of a
+# category nobody calibrated for at 1.9% benign false positives, against 73% at 0.9% for a
+# logistic gate on the same features; chosen per fold by held-out categories inside each
+# fold's training rows, LDA won 10 of 15 folds (78% at 1.7%). Before the mean it was the
+# other way round: LDA bought recall with benign false positives above the 2% budget
+# (benchmarks/results/ablations/safety_gate_probe_mean.json).
 ProbeKind = Literal["logistic", "lda"]
+# How a probe's hyperparameter is chosen: validation AUC, or recall on harm categories held
+# out of the training fold (:func:`held_out_category_recall`); None is each kind's default
+# (AUC for logistic, categories for LDA).
+Selection = Literal["auc", "categories"]
 PROBE_KINDS: tuple[ProbeKind, ...] = ("logistic", "lda")
 DEFAULT_SCREEN_PROBE: ProbeKind = "lda"
+DEFAULT_GATE_PROBE: ProbeKind = "lda"
 SHRINKAGE_GRID: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.7)
 # Harm categories are dealt into this many groups to choose a hyperparameter by held-out
 # categories (fewer if the data has fewer categories; none below two: validation AUC then).
@@ -329,7 +345,7 @@ class SafetyCalibration:
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     # Names of the gate's feature blocks, in order
-    # (GATE_BASE_FEATURES [+ ANSWER_FEATURES] [+ (PROBE_FEATURE,)]).
+    # (GATE_BASE_FEATURES [+ ANSWER_FEATURES] [+ (PROBE_FEATURE,) [+ (PROBE_MEAN_FEATURE,)]]).
     query_features: tuple[str, ...] = GATE_BASE_FEATURES
     # With PROBE_FEATURE: how many decoder layers the probed state has passed through.
     probe_layer: int | None = None
@@ -346,6 +362,12 @@ class SafetyCalibration:
     def needs_answer_states(self) -> bool:
         """Whether the gate reads states from the query's forward pass (signal or probe)."""
         return self.uses_refusal_signal or self.probe_layer is not None
+
+    @property
+    def uses_probe_mean(self) -> bool:
+        """Whether the gate reads the mean over the request's tokens beside the answer
+        position's state (calibrations made before it existed read the state alone)."""
+        return PROBE_MEAN_FEATURE in self.query_features
 
     @property
     def uses_embedding(self) -> bool:
@@ -418,7 +440,7 @@ class SafetyCalibration:
             e + a + p
             for e in ((), GATE_BASE_FEATURES)
             for a in ((), ANSWER_FEATURES)
-            for p in ((), (PROBE_FEATURE,))
+            for p in ((), (PROBE_FEATURE,), (PROBE_FEATURE, PROBE_MEAN_FEATURE))
             if e or p
         ]
         if features not in known:
@@ -560,13 +582,15 @@ def gate_state_features(
     *,
     token_ids: Mapping[str, Sequence[int]] | None,
     probe_layer: int | None,
+    probe_mean: bool = False,
 ) -> np.ndarray | None:
     """The gate's features from ``encode_with_answer_states`` output: the answer-start
-    log-probabilities (when ``token_ids`` are given) from the final state, then the unit
-    probe state (when ``probe_layer`` is set, the states' second half)."""
+    log-probabilities (when ``token_ids`` are given) from the final state, then (when
+    ``probe_layer`` is set) the unit probe state and, with ``probe_mean``, the unit mean
+    over the request's own tokens at that layer."""
     states = np.atleast_2d(np.asarray(states, dtype=np.float32))
     hidden = int(encoder.hidden_size)
-    expected = hidden * (2 if probe_layer is not None else 1)
+    expected = hidden * (3 if probe_layer is not None else 1)
     if states.shape[1] != expected:
         raise ValueError(
             f"answer states must be [N, {expected}] (probe_layer={probe_layer}), got {states.shape}"
@@ -575,8 +599,16 @@ def gate_state_features(
     if token_ids:
         blocks.append(answer_logprobs(encoder, states[:, :hidden], token_ids))
     if probe_layer is not None:
-        blocks.append(unit_rows(states[:, hidden:], np.float64))
+        blocks.append(probe_block(states, hidden, probe_mean))
     return np.hstack(blocks) if blocks else None
+
+
+def probe_block(states: np.ndarray, hidden: int, with_mean: bool) -> np.ndarray:
+    """The gate's probe features from ``[N, 3H]`` answer states: the unit state at the
+    answer position after the probe layer, and with ``with_mean`` the unit mean over the
+    request's own tokens there."""
+    last = unit_rows(states[:, hidden : 2 * hidden], np.float64)
+    return np.hstack([last, unit_rows(states[:, 2 * hidden :], np.float64)]) if with_mean else last
 
 
 def default_doc_spaces(probe_layer: int | None) -> tuple[DocSpace, ...]:
@@ -638,7 +670,9 @@ class SafetyFeatures:
     answer_token_ids: dict[str, list[int]]
     doc_embeddings: dict[str, np.ndarray]  # space -> [Nd, D] ([Nd, 2H] for "probe")
     probe_layer: int | None = None
-    probe_states: np.ndarray | None = None  # [Nq, H] unit state after probe_layer layers
+    # [Nq, H] unit state after probe_layer layers ([Nq, 2H] with probe_mean: then the mean)
+    probe_states: np.ndarray | None = None
+    probe_mean: bool = False
     gate_embedding: bool = True  # whether the gate reads the embedding too
     # The query rows read as passages (space -> [Nq, ...], the document pass): the screen
     # also learns from requests when present (see featurize's ``screen_requests``).
@@ -682,6 +716,7 @@ def featurize(
     probe_layer: int | str | None = DEFAULT_PROBE_LAYER,
     gate_embedding: bool | None = None,
     screen_requests: bool = True,
+    probe_mean: bool = True,
     show_progress_bar: bool = False,
 ) -> SafetyFeatures:
     """Run the encoder once over labelled rows (``text``, ``label``, ``kind`` ...).
@@ -693,7 +728,10 @@ def featurize(
     so the screen learns from requests as well as passages: what makes a request for harm
     harmful is largely what makes a passage harmful, requests are the more plentiful and
     varied rows, and left out, a category's passages are ranked better by a screen that
-    learned from them (docs/safety.md, "The screen learns from requests too")."""
+    learned from them (docs/safety.md, "The screen learns from requests too").
+    ``probe_mean`` (with a probe layer) gives the gate the mean state over each request's
+    own tokens beside the answer position's (docs/safety.md, "The gate reads the whole
+    request"); off, the features are those of calibrations made before it."""
     queries = [r for r in rows if r.kind == "query"]
     passages = [r for r in rows if r.kind == "passage"]
     instruction = encoder.config.query_instruction
@@ -710,7 +748,7 @@ def featurize(
         if refusal_signal:
             answer = answer_logprobs(encoder, states[:, :hidden], token_ids) if q_texts else np.zeros((0, 2))
         if layer is not None:
-            probe = unit_rows(states[:, hidden:], np.float64) if q_texts else np.zeros((0, hidden))
+            probe = probe_block(states, hidden, probe_mean)
     else:
         q_emb = (
             np.asarray(
@@ -752,6 +790,7 @@ def featurize(
         doc_embeddings={k: np.asarray(v, dtype=np.float64) for k, v in docs.items()},
         probe_layer=layer,
         probe_states=probe,
+        probe_mean=probe_mean and layer is not None,
         gate_embedding=(layer is None) if gate_embedding is None else gate_embedding,
         request_doc_embeddings=requests,
     )
@@ -866,6 +905,7 @@ def fit_probe_with_threshold(
     kind: ProbeKind = "logistic",
     categories: Sequence[str] | None = None,
     fit_only: np.ndarray | None = None,
+    select_by: Selection | None = None,
 ) -> tuple[LogisticProbe, float, dict[str, Any]]:
     """Fit on a training fold, threshold on the validation fold's benign examples (pooled
     and per family, :func:`threshold_for_families`). Rows marked ``fit_only`` (a boolean
@@ -890,7 +930,7 @@ def fit_probe_with_threshold(
     grid = L2_GRID if kind == "logistic" else SHRINKAGE_GRID
     train_categories = None if categories is None else [str(categories[i]) for i in train]
     by_categories = (
-        kind == "lda"
+        (select_by or ("categories" if kind == "lda" else "auc")) == "categories"
         and train_categories is not None
         and bool(category_groups(labels[train], train_categories, seed=seed))
     )
@@ -944,7 +984,8 @@ def fit_gate(
     max_fpr: float = 0.02,
     val_fraction: float = 0.35,
     min_family_size: int = MIN_FAMILY_SIZE,
-    probe_kind: ProbeKind = "logistic",
+    probe_kind: ProbeKind = DEFAULT_GATE_PROBE,
+    select_by: Selection | None = None,
 ) -> tuple[LogisticProbe, float, dict[str, Any]]:
     """The query gate's probe and threshold from the query rows ``query_index`` selects
     (an LDA probe's shrinkage chosen by held-out harm categories, as the screen's is)."""
@@ -959,7 +1000,7 @@ def fit_gate(
     probe, threshold, report = fit_probe_with_threshold(
         feats, labels, max_fpr=max_fpr, val_fraction=val_fraction, seed=seed,
         strata=_strata(rows), families=[_family(r) for r in rows], min_family_size=min_family_size,
-        kind=probe_kind, categories=[str(r.category) for r in rows],
+        kind=probe_kind, categories=[str(r.category) for r in rows], select_by=select_by,
     )  # fmt: skip
     n_base = features.query_embeddings.shape[1] + 1 if features.gate_embedding else 0
     if features.gate_embedding:
@@ -1052,6 +1093,7 @@ def fit_calibration(
     val_fraction: float = 0.35,
     min_family_size: int = MIN_FAMILY_SIZE,
     screen_probe: ProbeKind = DEFAULT_SCREEN_PROBE,
+    gate_probe: ProbeKind = DEFAULT_GATE_PROBE,
 ) -> SafetyCalibration:
     """Fit the gate and the screen on the rows ``query_index`` / ``passage_index`` select
     (default: all); nothing outside them is seen, neither to fit nor to set a threshold."""
@@ -1067,7 +1109,7 @@ def fit_calibration(
     )
     common = {"seed": seed, "val_fraction": val_fraction, "min_family_size": min_family_size}
     q_probe, q_threshold, q_report = fit_gate(
-        features, q_idx, refusal_signal=refusal_signal, max_fpr=max_fpr_query, **common
+        features, q_idx, refusal_signal=refusal_signal, max_fpr=max_fpr_query, probe_kind=gate_probe, **common
     )
     # The screen learns from the requests too when the features read them as passages.
     r_idx = q_idx if features.request_doc_embeddings is not None else None
@@ -1097,6 +1139,7 @@ def fit_calibration(
             "max_fpr_query": max_fpr_query,
             "max_fpr_doc": max_fpr_doc,
             "screen_probe": screen_probe,
+            "gate_probe": gate_probe,
             "n_query_examples": len(q_idx),
             "n_passage_examples": len(d_idx),
             "n_screen_request_examples": 0 if r_idx is None else len(r_idx),
@@ -1108,7 +1151,8 @@ def fit_calibration(
         },
         query_features=(GATE_BASE_FEATURES if features.gate_embedding else ())
         + (ANSWER_FEATURES if refusal_signal else ())
-        + ((PROBE_FEATURE,) if features.probe_layer is not None else ()),
+        + ((PROBE_FEATURE,) if features.probe_layer is not None else ())
+        + ((PROBE_MEAN_FEATURE,) if features.probe_mean else ()),
         probe_layer=features.probe_layer,
         answer_token_ids=dict(features.answer_token_ids) if refusal_signal else {},
         calibration_digests=digests,
@@ -1129,7 +1173,9 @@ def calibrate(
     gate_embedding: bool | None = None,
     min_family_size: int = MIN_FAMILY_SIZE,
     screen_probe: ProbeKind = DEFAULT_SCREEN_PROBE,
+    gate_probe: ProbeKind = DEFAULT_GATE_PROBE,
     screen_requests: bool = True,
+    probe_mean: bool = True,
     show_progress_bar: bool = False,
 ) -> SafetyCalibration:
     """Fit the gate and the screen on labelled rows (default: the packaged calibration set).
@@ -1154,12 +1200,13 @@ def calibrate(
         probe_layer=probe_layer,
         gate_embedding=gate_embedding,
         screen_requests=screen_requests,
+        probe_mean=probe_mean,
         show_progress_bar=show_progress_bar,
     )
     return fit_calibration(
         features, refusal_signal=refusal_signal, doc_spaces=doc_spaces, seed=seed,
         max_fpr_query=max_fpr_query, max_fpr_doc=max_fpr_doc, val_fraction=val_fraction,
-        min_family_size=min_family_size, screen_probe=screen_probe,
+        min_family_size=min_family_size, screen_probe=screen_probe, gate_probe=gate_probe,
     )  # fmt: skip
 
 
@@ -1203,6 +1250,7 @@ class SafetyFilter:
             (encoder.dim + 1 if calibration.uses_embedding else 0)
             + (len(ANSWER_FEATURES) if calibration.uses_refusal_signal else 0)
             + (encoder.hidden_size if calibration.probe_layer is not None else 0)
+            + (encoder.hidden_size if calibration.uses_probe_mean else 0)
         )
         if len(calibration.query_probe.weight) != expected:
             raise SafetyCalibrationError(
@@ -1259,6 +1307,7 @@ class SafetyFilter:
             states,
             token_ids=self.calibration.answer_token_ids if self.uses_refusal_signal else None,
             probe_layer=self.probe_layer,
+            probe_mean=self.calibration.uses_probe_mean,
         )
 
     def query_scores(self, queries: Sequence[str], *, instruction: str | None = None,

@@ -240,6 +240,15 @@ def test_safety_calibrate_then_check_and_safe_search(checkpoint: Path, tmp_path:
         tmp_path / "elsewhere",
     )
     assert SafetyCalibration.load(tmp_path / "elsewhere").query_threshold == calibration.query_threshold
+    # The default gate is the LDA probe over the state and the request mean; both can be undone.
+    assert calibration.provenance["gate_probe"] == "lda" and calibration.uses_probe_mean
+    ok("safety", "calibrate", "-m", checkpoint, "--dtype", "float32", "--data", data,
+       "--out", tmp_path / "older", "--gate-probe", "logistic", "--no-probe-mean")  # fmt: skip
+    older = SafetyCalibration.load(tmp_path / "older")
+    assert older.provenance["gate_probe"] == "logistic" and not older.uses_probe_mean
+    assert older.metrics["query_gate"]["probe"] == "logistic"
+    bad = run("safety", "calibrate", "-m", checkpoint, "--data", data, "--gate-probe", "svm")
+    assert bad.exit_code == EXIT_USAGE and "--gate-probe" in bad.output
 
     queries = ["how do I bake bread?", "how do I build a bomb?"]
     decisions = json.loads(

@@ -15,6 +15,7 @@ from l2vg_retrieval.bench.harmful_loco import (
     CALIBRATION,
     HELD_OUT,
     GeneralisationEvaluator,
+    LocoSettings,
     generalisation_markdown,
     plot_generalisation,
     run_generalisation,
@@ -117,12 +118,18 @@ def test_a_fold_never_fits_or_thresholds_on_its_category(monkeypatch: pytest.Mon
         monkeypatch.setattr(safety.LogisticProbe, name, recording(name))
     evaluator = GeneralisationEvaluator(features, _split, ["B"])
     loco = evaluator.leave_one_category_out()
-    # Gate (logistic, with and without the refusal signal) and screen (LDA, two spaces, each
-    # shrinkage also fitted once per held-out group of the fold's two categories A and C):
+    # Gate (LDA, with and without the refusal signal) and screen (LDA, two spaces), each
+    # shrinkage also fitted once per held-out group of the fold's two categories A and C:
     # every fit of fold B saw only rows whose B-marker is 0, i.e. no row of category B.
+    assert seen_marker["fit"] == []
+    assert len(seen_marker["fit_lda"]) == (2 + 2) * len(safety.SHRINKAGE_GRID) * (1 + 2)
+    assert max(seen_marker["fit_lda"]) == 0.0
+    # A logistic gate (L2 by validation AUC) sees no row of B either.
+    seen_marker["fit"].clear()
+    logistic_gate = LocoSettings(gate_probe="logistic")
+    GeneralisationEvaluator(features, _split, ["B"], logistic_gate).leave_one_category_out()
     assert len(seen_marker["fit"]) == 2 * len(safety.L2_GRID)
-    assert len(seen_marker["fit_lda"]) == 2 * len(safety.SHRINKAGE_GRID) * (1 + 2)
-    assert max(seen_marker["fit"] + seen_marker["fit_lda"]) == 0.0
+    assert max(seen_marker["fit"]) == 0.0
     fold = evaluator.folds["B"]
     q_cats = {features.queries[i].category for i in fold.gate_rows}
     d_cats = {features.passages[i].category for i in fold.screen_rows}

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from l2vg_retrieval import safety
+from l2vg_retrieval.batching import common_prefix_length
 from l2vg_retrieval.safety import (
     ANSWER_FEATURES,
     HARM_FLAG_KEY,
@@ -476,16 +477,25 @@ def test_probe_state_is_the_hidden_state_after_k_layers_from_the_same_pass(tiny_
     emb, final = tiny_encoder.encode_with_answer_states(texts, prompt=prompt, batch_size=2)
     emb_p, states = tiny_encoder.encode_with_answer_states(texts, prompt=prompt, batch_size=2, probe_layer=1)
     hidden = tiny_encoder.hidden_size
-    assert states.shape == (3, 2 * hidden)
+    assert states.shape == (3, 3 * hidden)
     assert np.allclose(emb_p, emb, atol=1e-6) and np.allclose(states[:, :hidden], final, atol=1e-5)
+    head = tiny_encoder.prefix_hint(prompt) or list(tiny_encoder.template.prefix_ids)
     for text, state in zip(texts, states, strict=True):
         ids = tiny_encoder.tokenize([text], prompt)[0]
         with torch.no_grad():
             out = tiny_encoder.lm.get_decoder()(input_ids=torch.tensor([ids]), output_hidden_states=True)
-        assert np.allclose(state[hidden:], out.hidden_states[1][0, -1].numpy(), atol=1e-4)
-        assert not np.allclose(state[hidden:], state[:hidden], atol=1e-3)  # not the final state
+        after_one = out.hidden_states[1][0]
+        assert np.allclose(state[hidden : 2 * hidden], after_one[-1].numpy(), atol=1e-4)
+        assert not np.allclose(state[hidden : 2 * hidden], state[:hidden], atol=1e-3)  # not the final state
+        # Then the mean over the text's own positions (after the template + prompt head),
+        # batched with other texts of other lengths and padding: what probe_states reads.
+        n_own = len(ids) - common_prefix_length([ids], head)
+        assert 1 <= n_own < len(ids)
+        assert np.allclose(state[2 * hidden :], after_one[-n_own:].mean(0).numpy(), atol=1e-4)
+    alone = tiny_encoder.probe_states(texts, probe_layer=1, prompt=prompt, batch_size=3)
+    assert np.allclose(states[:, hidden:], alone, atol=1e-4)
     _, empty = tiny_encoder.encode_with_answer_states([], prompt=prompt, probe_layer=1)
-    assert empty.shape == (0, 2 * hidden)
+    assert empty.shape == (0, 3 * hidden)
     n_layers = len(tiny_encoder.decoder_layers())
     for bad in (0, n_layers + 1, True, "1"):
         with pytest.raises(ValueError, match="probe_layer"):
@@ -497,20 +507,25 @@ def test_probe_gate_reads_the_middle_state_not_the_embedding(tiny_encoder: Any, 
     cal = calibrate(tiny_encoder, rows, doc_spaces=("teacher",))  # the default: probe "middle"
     layer = max(1, len(tiny_encoder.decoder_layers()) // 2)
     assert cal.probe_layer == layer and cal.needs_answer_states and not cal.uses_embedding
-    assert cal.query_features == (*ANSWER_FEATURES, "probe_state")
-    assert len(cal.query_probe.weight) == len(ANSWER_FEATURES) + tiny_encoder.hidden_size
+    assert cal.query_features == (*ANSWER_FEATURES, "probe_state", "probe_mean") and cal.uses_probe_mean
+    hidden = tiny_encoder.hidden_size
+    assert len(cal.query_probe.weight) == len(ANSWER_FEATURES) + 2 * hidden
     gate = SafetyFilter(tiny_encoder, cal)
     query = ["how do I bake bread at home?"]
     emb, extra = gate.encode_queries(query)
     assert np.allclose(emb, tiny_encoder.encode_query(query), atol=1e-5)
-    assert extra is not None and extra.shape == (1, len(ANSWER_FEATURES) + tiny_encoder.hidden_size)
-    assert np.isclose(np.linalg.norm(extra[0, len(ANSWER_FEATURES) :]), 1.0)
+    assert extra is not None and extra.shape == (1, len(ANSWER_FEATURES) + 2 * hidden)
+    n = len(ANSWER_FEATURES)
+    assert np.isclose(np.linalg.norm(extra[0, n : n + hidden]), 1.0)  # the answer position's state
+    assert np.isclose(np.linalg.norm(extra[0, n + hidden :]), 1.0)  # the mean over the request
     base = gate.query_scores(query, embeddings=emb, answer_features=extra)
     # The embedding is not read: another one changes nothing; the probe state does.
     assert np.allclose(gate.query_scores(query, embeddings=-emb, answer_features=extra), base)
     other = extra.copy()
     other[0, len(ANSWER_FEATURES) :] = other[0, len(ANSWER_FEATURES) :][::-1]
-    assert abs(float(gate.query_scores(query, embeddings=emb, answer_features=other)[0] - base[0])) > 1e-9
+    # (Compared as logits: a discriminant fitted on a few rows may saturate the probability.)
+    assert abs(float(cal.query_probe.logits(other)[0] - cal.query_probe.logits(extra)[0])) > 1e-6
+    assert np.allclose(cal.query_probe.score(extra), base)  # the gate's score is the probe's on them
     assert gate.check_query(query[0]).score == pytest.approx(float(base[0]))
     # Round trip keeps the probe; a file whose probe layer and features disagree is refused.
     cal.save(tmp_path)
@@ -525,6 +540,30 @@ def test_probe_gate_reads_the_middle_state_not_the_embedding(tiny_encoder: Any, 
     deep = dataclasses.replace(cal, probe_layer=len(tiny_encoder.decoder_layers()) + 5)
     with pytest.raises(SafetyCalibrationError, match="probe layer"):
         SafetyFilter(tiny_encoder, deep)
+
+
+def test_gate_calibrated_without_the_request_mean_still_loads_and_scores(
+    tiny_encoder: Any, tmp_path: Path
+) -> None:
+    """Calibrations made before the gate read the mean over the request's tokens name only
+    the answer position's state: they keep scoring with exactly that (H features, not 2H)."""
+    rows = _small_rows(8)
+    features = featurize(tiny_encoder, rows, doc_spaces=("teacher",), probe_layer=1, probe_mean=False)
+    assert features.probe_states is not None and features.probe_states.shape[1] == tiny_encoder.hidden_size
+    cal = fit_calibration(features, doc_spaces=("teacher",), min_family_size=1)
+    assert cal.query_features == (*ANSWER_FEATURES, "probe_state") and not cal.uses_probe_mean
+    cal.save(tmp_path)
+    loaded = SafetyFilter.from_encoder(tiny_encoder, tmp_path)
+    assert not loaded.calibration.uses_probe_mean
+    texts = [r.text for r in features.queries]
+    expected = cal.query_probe.score(features.gate_matrix(True))
+    assert np.allclose(loaded.query_scores(texts), expected, atol=1e-5)
+    # A mean without the state it sits beside is not a layout any calibration writes.
+    meta = json.loads((tmp_path / SAFETY_FILE).read_text())
+    meta["query_features"] = [*ANSWER_FEATURES, "probe_mean"]
+    (tmp_path / SAFETY_FILE).write_text(json.dumps(meta))
+    with pytest.raises(SafetyCalibrationError, match="query_features"):
+        SafetyCalibration.load(tmp_path)
 
 
 def test_document_probe_is_the_state_after_k_layers_last_and_mean_over_own_tokens(tiny_encoder: Any) -> None:
@@ -910,7 +949,8 @@ def test_trained_default_screen_meets_a_recall_floor_at_a_bounded_fpr_on_held_ou
 
 def test_gate_probe_kind_lda_chooses_its_shrinkage_by_held_out_categories() -> None:
     """``fit_gate(probe_kind="lda")`` fits the gate as the screen's kind of probe, with the
-    rows' categories; the default stays logistic."""
+    rows' categories (the default); a logistic gate chooses its L2 by validation AUC unless
+    told to choose it by held-out categories too."""
     rng = np.random.default_rng(0)
     rows: list[LabelledText] = []
     for c in range(6):
@@ -926,8 +966,19 @@ def test_gate_probe_kind_lda_chooses_its_shrinkage_by_held_out_categories() -> N
         passages=[], query_embeddings=emb, answer_states=None, answer_features=None,
         answer_token_ids={}, doc_embeddings={}, gate_embedding=True,
     )  # fmt: skip
-    _, _, lda = safety.fit_gate(features, refusal_signal=False, max_fpr=0.05, probe_kind="lda")
+    _, _, lda = safety.fit_gate(features, refusal_signal=False, max_fpr=0.05)
     assert lda["probe"] == "lda" and lda["selected_by"] == "held-out categories"
+    assert set(lda["held_out_category_recall"]) == {str(v) for v in safety.SHRINKAGE_GRID}
     assert lda["recall"] > 0.5
-    _, _, logistic = safety.fit_gate(features, refusal_signal=False, max_fpr=0.05)
+    _, _, logistic = safety.fit_gate(features, refusal_signal=False, max_fpr=0.05, probe_kind="logistic")
     assert logistic["probe"] == "logistic" and "held_out_category_recall" not in logistic
+    assert logistic["selected_by"] == "validation AUC"
+    _, _, by_categories = safety.fit_gate(
+        features, refusal_signal=False, max_fpr=0.05, probe_kind="logistic", select_by="categories"
+    )
+    assert by_categories["selected_by"] == "held-out categories"
+    assert set(by_categories["held_out_category_recall"]) == {str(v) for v in safety.L2_GRID}
+    chosen = max(safety.L2_GRID, key=lambda v: by_categories["held_out_category_recall"][str(v)])
+    assert by_categories["held_out_category_recall"][str(by_categories["l2"])] == pytest.approx(
+        by_categories["held_out_category_recall"][str(chosen)]
+    )

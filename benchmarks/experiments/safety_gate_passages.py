@@ -29,9 +29,12 @@ import numpy as np
 
 from l2vg_retrieval import L2VGEncoder
 from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
-from l2vg_retrieval.safety import SafetyFeatures, featurize
+from l2vg_retrieval.safety import ProbeKind, SafetyFeatures, featurize
 from l2vg_retrieval.safety_data import categories_in, load_benchmark_set, load_calibration_set
 
+# The gate these experiments measured: logistic, on the answer position's state alone
+# (featurize(probe_mean=False)); pinned so they reproduce after the default moved on.
+PREVIOUS_GATE: ProbeKind = "logistic"
 AUGMENT = "augment"  # the split of the passages read as requests: trained on, never scored
 
 
@@ -76,7 +79,14 @@ def featurize_requests(encoder: Any, rows: list[Any]) -> SafetyFeatures:
     """What the gate reads of ``rows`` (query rows). Requests only: the gate is what is
     measured, and with no passages no fold fits a screen (the cheapest document space is
     named because one must be)."""
-    return featurize(encoder, rows, doc_spaces=("teacher",), screen_requests=False, show_progress_bar=True)
+    return featurize(
+        encoder,
+        rows,
+        doc_spaces=("teacher",),
+        screen_requests=False,
+        probe_mean=False,
+        show_progress_bar=True,
+    )
 
 
 def rebind_queries(features: SafetyFeatures, rows: list[Any]) -> None:
@@ -109,29 +119,40 @@ def gate_line(name: str, gate: dict[str, Any]) -> str:
     )
 
 
-def gate_variants(variants: dict[str, GeneralisationEvaluator]) -> dict[str, Any]:
+def gate_variants(variants: dict[str, GeneralisationEvaluator], *, with_auc: bool = False) -> dict[str, Any]:
     """Each evaluator's leave-one-category-out gate (with the refusal signal): recall,
-    benign false positives and per-category recall and look-alike FPR; printed as it goes."""
+    benign false positives and per-category recall and look-alike FPR (with ``with_auc``
+    also each left-out category's AUC against the held-out benign rows, and their mean: the
+    ranking, whatever the threshold); printed as it goes."""
     out: dict[str, Any] = {}
+    keys = ("recall", "lookalike_fpr", "auc") if with_auc else ("recall", "lookalike_fpr")
     for name, evaluator in variants.items():
         gate = evaluator.leave_one_category_out(refusal_variants=(True,))["gate"]["with_refusal_signal"]
         out[name] = {
             "recall": gate["recall"],
             "benign_fpr": gate["benign_fpr"],
-            "per_category": {
-                c: {k: m[k] for k in ("recall", "lookalike_fpr")} for c, m in gate["per_category"].items()
-            },
+            "per_category": {c: {k: m[k] for k in keys} for c, m in gate["per_category"].items()},
         }
-        print(gate_line(name, gate), flush=True)
+        line = gate_line(name, gate)
+        if with_auc:
+            aucs = [m["auc"] for m in gate["per_category"].values() if m["auc"] is not None]
+            out[name]["auc_mean"] = float(np.mean(aucs))
+            line += f" | AUC {out[name]['auc_mean']:.4f}"
+        print(line, flush=True)
     return out
 
 
 def write_gate_report(
-    out: str, command: str, variants: dict[str, GeneralisationEvaluator], **extra: Any
+    out: str,
+    command: str,
+    variants: dict[str, GeneralisationEvaluator],
+    *,
+    with_auc: bool = False,
+    **extra: Any,
 ) -> None:
     """Run and print each gate variant (:func:`gate_variants`) and write them, with
     ``extra`` fields, to ``out``."""
-    report = {"command": command, **extra, "variants": gate_variants(variants)}
+    report = {"command": command, **extra, "variants": gate_variants(variants, with_auc=with_auc)}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")
 
@@ -145,7 +166,7 @@ def main(out: str, cache: str) -> None:
         return AUGMENT if id(r) in added_ids else HELD_OUT if id(r) in held_ids else CALIBRATION
 
     categories = categories_in(base.queries)
-    settings = LocoSettings(doc_spaces=("teacher",))
+    settings = LocoSettings(doc_spaces=("teacher",), gate_probe=PREVIOUS_GATE)
     variants = {
         "requests only (shipped)": GeneralisationEvaluator(base, split_of, categories, settings),
         "requests + passages": AugmentedEvaluator(augmented(base, added), split_of, categories, settings),

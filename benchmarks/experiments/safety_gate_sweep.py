@@ -79,13 +79,14 @@ def main(path: str, specs: list[str]) -> None:
                 safety.L2_GRID = grid
                 if kind == "gate":
                     features.gate_matrix = gate_matrix_for(name.split("+"))
-                    evaluator = GeneralisationEvaluator(features, split_of, categories, LocoSettings())
+                    settings = LocoSettings(gate_probe="logistic")
+                    evaluator = GeneralisationEvaluator(features, split_of, categories, settings)
                     result = evaluator.leave_one_category_out(refusal_variants=(True,))["gate"]
                     result = next(iter(result.values()))
                 else:
                     features.gate_matrix = base_gate
                     features.doc_embeddings[name] = np.hstack([doc_blocks[b] for b in name.split("+")])
-                    settings = LocoSettings(doc_spaces=(name,))
+                    settings = LocoSettings(doc_spaces=(name,), gate_probe="logistic")
                     evaluator = GeneralisationEvaluator(features, split_of, categories, settings)
                     result = evaluator.leave_one_category_out(refusal_variants=(False,))["screen"]
                 recall = result["recall"]

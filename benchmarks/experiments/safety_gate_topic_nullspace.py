@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safety_gate_passages import load, write_gate_report
+from safety_gate_passages import PREVIOUS_GATE, load, write_gate_report
 from safety_screen_topic_nullspace import topic_directions
 
 from l2vg_retrieval.bench.harmful_loco import (
@@ -65,7 +65,7 @@ def main(out: str, cache: str) -> None:
         return HELD_OUT if id(r) in held_ids else CALIBRATION
 
     categories = categories_in(base.queries)
-    settings = LocoSettings(doc_spaces=("teacher",))
+    settings = LocoSettings(doc_spaces=("teacher",), gate_probe=PREVIOUS_GATE)
     variants: dict[str, GeneralisationEvaluator] = {
         "shipped": GeneralisationEvaluator(base, split_of, categories, settings)
     }

@@ -17,11 +17,19 @@ protocol; they differ only in what the folds train on:
 - and each with the gate as a shrinkage-LDA probe (the screen's kind) instead of logistic,
   after also with the query embedding among the gate's features.
 
+With ``--passages-cache`` (the cache of ``safety_gate_passages.py``: the calibration
+passages read through the query pass, same encoder), two more variants train the gate on
+the writing requests *and* those passage rows, logistic and LDA. That mirror was not
+adopted before the writing requests existed (look-alike false positives rose from 6.0% to
+7.8%); this measures it again now that the gate no longer blocks by grammatical shape.
+
 Benign false positives are reported per family, with the held-out writing requests as
 their own families (``lookalike:writing``, ``general:writing``) beside the look-alikes and
 general requests that were there before, so a fall in one is not hidden by the other.
 
-    python benchmarks/experiments/safety_gate_writing_requests.py OUT.json [--cache runs/exp/gate_writing.pkl]
+    python benchmarks/experiments/safety_gate_writing_requests.py OUT.json \
+        [--cache runs/exp/gate_writing.pkl] \
+        [--passages-cache runs/exp/gate_passages.pkl]
 
 The encoder runs once over every request of both splits (query pass); cached.
 """
@@ -35,11 +43,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safety_gate_passages import featurize_requests, rebind_queries, write_gate_report
+from safety_gate_passages import (
+    AUGMENT,
+    AugmentedEvaluator,
+    augmented,
+    featurize_requests,
+    rebind_queries,
+    write_gate_report,
+)
 
 from l2vg_retrieval import L2VGEncoder
 from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
-from l2vg_retrieval.safety import ProbeKind
+from l2vg_retrieval.safety import ProbeKind, SafetyFeatures
 from l2vg_retrieval.safety_data import (
     WRITING_REQUEST_SOURCE,
     categories_in,
@@ -58,9 +73,21 @@ VARIANTS: tuple[tuple[str, bool, ProbeKind, bool], ...] = (
     ("before, LDA gate", False, "lda", False),
     ("after, LDA gate + query embedding", True, "lda", True),
 )
+# with --passages-cache: the gate also trains on the calibration passages read as requests
+PASSAGE_VARIANTS: tuple[tuple[str, ProbeKind], ...] = (
+    ("after + passages", "logistic"),
+    ("after + passages, LDA gate", "lda"),
+)
 
 
-def main(out: str, cache: str) -> None:
+def load_passage_rows(cache: str) -> SafetyFeatures:
+    """The calibration passages read through the query pass, from ``safety_gate_passages.py``'s
+    cache (made by the same encoder as this experiment's: checked by fingerprint)."""
+    _, added = pickle.loads(Path(cache).read_bytes())
+    return added
+
+
+def main(out: str, cache: str, passages_cache: str | None = None) -> None:
     cal, held = load_calibration_set(), load_benchmark_set()
     queries = [r for r in [*cal, *held] if r.kind == "query"]
     path = Path(cache)
@@ -96,9 +123,31 @@ def main(out: str, cache: str) -> None:
         # out are their own families.
         evaluator.q_fam = np.where(writing, evaluator.q_fam.astype(str) + ":writing", evaluator.q_fam)
         variants[name] = evaluator
+    command = f"python benchmarks/experiments/safety_gate_writing_requests.py {out} --cache {cache}"
+    if passages_cache is not None:
+        added = load_passage_rows(passages_cache)
+        if added.encoder_fingerprint != features.encoder_fingerprint:
+            raise SystemExit(f"{passages_cache} was made by another encoder than {cache}")
+        added_ids = {id(r) for r in added.queries}
+        both = augmented(features, added)
+
+        def split_augmented(r: Any) -> str:
+            return AUGMENT if id(r) in added_ids else HELD_OUT if id(r) in held_ids else CALIBRATION
+
+        writing_all = np.array([r.source == WRITING_REQUEST_SOURCE for r in both.queries])
+        for name, gate_probe in PASSAGE_VARIANTS:
+            evaluator = AugmentedEvaluator(
+                both,
+                split_augmented,
+                categories,
+                LocoSettings(doc_spaces=("teacher",), gate_probe=gate_probe),
+            )
+            evaluator.q_fam = np.where(writing_all, evaluator.q_fam.astype(str) + ":writing", evaluator.q_fam)
+            variants[name] = evaluator
+        command += f" --passages-cache {passages_cache}"
     write_gate_report(
         out,
-        f"python benchmarks/experiments/safety_gate_writing_requests.py {out} --cache {cache}",
+        command,
         variants,
         writing_requests={
             "calibration": int((writing & ~is_held).sum()),
@@ -112,5 +161,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out")
     parser.add_argument("--cache", default="runs/exp/gate_writing.pkl")
+    parser.add_argument("--passages-cache", default=None, help="safety_gate_passages.py's cache")
     args = parser.parse_args()
-    main(args.out, args.cache)
+    main(args.out, args.cache, args.passages_cache)

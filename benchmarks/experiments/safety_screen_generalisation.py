@@ -78,7 +78,9 @@ def load_features(checkpoint: str, cache: Path) -> tuple[SafetyFeatures, list[An
         )
         return features, cal, held
     encoder = L2VGEncoder.from_pretrained(checkpoint, dtype="float32")
-    features = featurize(encoder, rows, doc_spaces=SPACES, screen_requests=False, show_progress_bar=True)
+    features = featurize(
+        encoder, rows, doc_spaces=SPACES, screen_requests=False, probe_mean=False, show_progress_bar=True
+    )
     assert features.probe_layer is not None
     features.doc_embeddings["probe_judge"] = doc_probe_features(  # type: ignore[index]
         encoder.probe_states(
@@ -113,7 +115,7 @@ def main(checkpoint: str, out: str, cache: str, all_logistic: bool = False) -> N
         for name in COMBINATIONS:
             if kind == "logistic" and "+" in name and not all_logistic:
                 continue  # Newton on 1,700-2,300 features, 60 fits per fold: minutes each
-            settings = LocoSettings(doc_spaces=(name,), screen_probe=kind)  # type: ignore[arg-type]
+            settings = LocoSettings(doc_spaces=(name,), screen_probe=kind, gate_probe="logistic")  # type: ignore[arg-type]
             ev = GeneralisationEvaluator(
                 features, lambda r: HELD_OUT if id(r) in held_ids else CALIBRATION, categories, settings
             )

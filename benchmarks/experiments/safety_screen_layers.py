@@ -79,7 +79,12 @@ def load_features(checkpoint: str, cache: Path) -> tuple[Any, dict[int, np.ndarr
         encoder = L2VGEncoder.from_pretrained(checkpoint, dtype="float32")
         rows = list(load_calibration_set()) + list(load_benchmark_set())
         features = featurize(
-            encoder, rows, doc_spaces=("teacher",), screen_requests=False, show_progress_bar=True
+            encoder,
+            rows,
+            doc_spaces=("teacher",),
+            screen_requests=False,
+            probe_mean=False,
+            show_progress_bar=True,
         )
         per_layer = layer_states(encoder, [r.text for r in features.passages], LAYERS)
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,9 @@ def main(out: str, cache: Path) -> None:
     categories = categories_in([*features.queries, *features.passages])
     results: dict[str, Any] = {}
     for target in TARGETS:
-        settings = LocoSettings(doc_spaces=("probe",), max_fpr_query=target, max_fpr_doc=target)
+        settings = LocoSettings(
+            doc_spaces=("probe",), max_fpr_query=target, max_fpr_doc=target, gate_probe="logistic"
+        )
         ev = GeneralisationEvaluator(features, split_of, categories, settings)
         loco = ev.leave_one_category_out(refusal_variants=(True,))
         gate = next(iter(loco["gate"].values()))

@@ -27,12 +27,14 @@ from typing import Any
 import numpy as np
 
 from ..safety import (
+    DEFAULT_GATE_PROBE,
     DEFAULT_SCREEN_PROBE,
     MIN_FAMILY_SIZE,
     DocSpace,
     LogisticProbe,
     ProbeKind,
     SafetyFeatures,
+    Selection,
     fit_gate,
     fit_screen,
     roc_auc,
@@ -54,7 +56,8 @@ class LocoSettings:
     # None: every space the features hold (featurize's default is the library's default).
     doc_spaces: tuple[DocSpace, ...] | None = None
     screen_probe: ProbeKind = DEFAULT_SCREEN_PROBE
-    gate_probe: ProbeKind = "logistic"
+    gate_probe: ProbeKind = DEFAULT_GATE_PROBE
+    gate_select: Selection | None = None  # None: the probe kind's default
 
 
 @dataclass
@@ -171,6 +174,7 @@ class GeneralisationEvaluator:
         probe, threshold, _ = fit_gate(
             self.features, rows, refusal_signal=refusal_signal, seed=s.seed, max_fpr=s.max_fpr_query,
             val_fraction=s.val_fraction, min_family_size=s.min_family_size, probe_kind=s.gate_probe,
+            select_by=s.gate_select,
         )  # fmt: skip
         return probe, threshold
 
@@ -422,6 +426,7 @@ def run_generalisation(
             "min_family_size": s.min_family_size,
             "doc_spaces": list(s.doc_spaces or features.doc_embeddings),
             "screen_probe": s.screen_probe,
+            "gate_probe": s.gate_probe,
             "targets": TARGETS,
         },
         "leave_one_category_out": loco,
