@@ -22,7 +22,7 @@ reported beside recall: it says whether the ranking improved, whatever the thres
 
     python benchmarks/experiments/safety_gate_probe_mean.py OUT.json [--cache runs/exp/gate_probe_mean.pkl]
 
-The encoder runs once over every request of both splits (query pass, ~3 min); cached.
+The encoder runs once over every request of both splits (query pass, ~4 min); cached.
 """
 
 from __future__ import annotations
