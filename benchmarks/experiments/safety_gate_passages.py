@@ -75,18 +75,36 @@ def load(cache: Path) -> tuple[SafetyFeatures, SafetyFeatures, list[Any]]:
     return base, added, held
 
 
-def featurize_requests(encoder: Any, rows: list[Any]) -> SafetyFeatures:
+def featurize_requests(encoder: Any, rows: list[Any], *, probe_mean: bool = False) -> SafetyFeatures:
     """What the gate reads of ``rows`` (query rows). Requests only: the gate is what is
     measured, and with no passages no fold fits a screen (the cheapest document space is
-    named because one must be)."""
+    named because one must be). ``probe_mean`` off by default: the gate these experiments
+    measured read the answer position's state alone."""
     return featurize(
         encoder,
         rows,
         doc_spaces=("teacher",),
         screen_requests=False,
-        probe_mean=False,
+        probe_mean=probe_mean,
         show_progress_bar=True,
     )
+
+
+def cached_request_features(
+    cache: str | Path, rows: list[Any], *, probe_mean: bool = False
+) -> SafetyFeatures:
+    """:func:`featurize_requests` of ``rows`` by the packaged default encoder, read from
+    ``cache`` when it exists (written there otherwise), bound to ``rows``."""
+    path = Path(cache)
+    if path.exists():
+        features = pickle.loads(path.read_bytes())
+    else:
+        encoder = L2VGEncoder.from_pretrained(dtype="float32")
+        features = featurize_requests(encoder, rows, probe_mean=probe_mean)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps(features))
+    rebind_queries(features, rows)
+    return features
 
 
 def rebind_queries(features: SafetyFeatures, rows: list[Any]) -> None:

@@ -30,16 +30,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safety_gate_passages import gate_variants, rebind_queries
+from safety_gate_passages import cached_request_features, gate_variants
 
-from l2vg_retrieval import L2VGEncoder
 from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
-from l2vg_retrieval.safety import PROBE_KINDS, LogisticProbe, SafetyFeatures, featurize, fit_gate
+from l2vg_retrieval.safety import PROBE_KINDS, LogisticProbe, SafetyFeatures, fit_gate
 from l2vg_retrieval.safety_data import categories_in, load_benchmark_set, load_calibration_set
 
 
@@ -85,17 +83,7 @@ def state_only(features: SafetyFeatures) -> SafetyFeatures:
 def main(out: str, cache: str) -> None:
     cal, held = load_calibration_set(), load_benchmark_set()
     queries = [r for r in [*cal, *held] if r.kind == "query"]
-    path = Path(cache)
-    if path.exists():
-        features = pickle.loads(path.read_bytes())
-    else:
-        encoder = L2VGEncoder.from_pretrained(dtype="float32")
-        features = featurize(
-            encoder, queries, doc_spaces=("teacher",), screen_requests=False, show_progress_bar=True
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(pickle.dumps(features))
-    rebind_queries(features, queries)
+    features = cached_request_features(cache, queries, probe_mean=True)
     held_ids = {id(r) for r in held}
 
     def split_of(r: Any) -> str:

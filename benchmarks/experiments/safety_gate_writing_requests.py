@@ -47,12 +47,10 @@ from safety_gate_passages import (
     AUGMENT,
     AugmentedEvaluator,
     augmented,
-    featurize_requests,
-    rebind_queries,
+    cached_request_features,
     write_gate_report,
 )
 
-from l2vg_retrieval import L2VGEncoder
 from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
 from l2vg_retrieval.safety import ProbeKind, SafetyFeatures
 from l2vg_retrieval.safety_data import (
@@ -90,14 +88,7 @@ def load_passage_rows(cache: str) -> SafetyFeatures:
 def main(out: str, cache: str, passages_cache: str | None = None) -> None:
     cal, held = load_calibration_set(), load_benchmark_set()
     queries = [r for r in [*cal, *held] if r.kind == "query"]
-    path = Path(cache)
-    if path.exists():
-        features = pickle.loads(path.read_bytes())
-    else:
-        features = featurize_requests(L2VGEncoder.from_pretrained(dtype="float32"), queries)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(pickle.dumps(features))
-    rebind_queries(features, queries)
+    features = cached_request_features(cache, queries)
     held_ids = {id(r) for r in held}
 
     def split_of(with_writing: bool) -> Any:
