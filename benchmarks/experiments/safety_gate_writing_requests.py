@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +47,12 @@ from safety_gate_passages import (
     AugmentedEvaluator,
     augmented,
     cached_request_features,
+    load,
     write_gate_report,
 )
 
 from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
-from l2vg_retrieval.safety import ProbeKind, SafetyFeatures
+from l2vg_retrieval.safety import ProbeKind
 from l2vg_retrieval.safety_data import (
     WRITING_REQUEST_SOURCE,
     categories_in,
@@ -78,11 +78,12 @@ PASSAGE_VARIANTS: tuple[tuple[str, ProbeKind], ...] = (
 )
 
 
-def load_passage_rows(cache: str) -> SafetyFeatures:
-    """The calibration passages read through the query pass, from ``safety_gate_passages.py``'s
-    cache (made by the same encoder as this experiment's: checked by fingerprint)."""
-    _, added = pickle.loads(Path(cache).read_bytes())
-    return added
+def tag_writing_families(evaluator: GeneralisationEvaluator) -> GeneralisationEvaluator:
+    """Reporting only (fitting reads each row's own family): the writing requests are
+    counted as their own families (``lookalike:writing``, ``general:writing``)."""
+    writing = np.array([r.source == WRITING_REQUEST_SOURCE for r in evaluator.features.queries])
+    evaluator.q_fam = np.where(writing, evaluator.q_fam.astype(str) + ":writing", evaluator.q_fam)
+    return evaluator
 
 
 def main(out: str, cache: str, passages_cache: str | None = None) -> None:
@@ -104,19 +105,18 @@ def main(out: str, cache: str, passages_cache: str | None = None) -> None:
     is_held = np.array([id(r) in held_ids for r in features.queries])
     variants: dict[str, GeneralisationEvaluator] = {}
     for name, with_writing, gate_probe, with_embedding in VARIANTS:
-        evaluator = GeneralisationEvaluator(
-            dataclasses.replace(features, gate_embedding=with_embedding),
-            split_of(with_writing),
-            categories,
-            LocoSettings(doc_spaces=("teacher",), gate_probe=gate_probe),
+        variants[name] = tag_writing_families(
+            GeneralisationEvaluator(
+                dataclasses.replace(features, gate_embedding=with_embedding),
+                split_of(with_writing),
+                categories,
+                LocoSettings(doc_spaces=("teacher",), gate_probe=gate_probe),
+            )
         )
-        # Reporting only (fitting reads each row's own family): the writing requests held
-        # out are their own families.
-        evaluator.q_fam = np.where(writing, evaluator.q_fam.astype(str) + ":writing", evaluator.q_fam)
-        variants[name] = evaluator
     command = f"python benchmarks/experiments/safety_gate_writing_requests.py {out} --cache {cache}"
     if passages_cache is not None:
-        added = load_passage_rows(passages_cache)
+        # The calibration passages read through the query pass (safety_gate_passages.py's cache).
+        _, added, _ = load(Path(passages_cache))
         if added.encoder_fingerprint != features.encoder_fingerprint:
             raise SystemExit(f"{passages_cache} was made by another encoder than {cache}")
         added_ids = {id(r) for r in added.queries}
@@ -125,16 +125,15 @@ def main(out: str, cache: str, passages_cache: str | None = None) -> None:
         def split_augmented(r: Any) -> str:
             return AUGMENT if id(r) in added_ids else HELD_OUT if id(r) in held_ids else CALIBRATION
 
-        writing_all = np.array([r.source == WRITING_REQUEST_SOURCE for r in both.queries])
         for name, gate_probe in PASSAGE_VARIANTS:
-            evaluator = AugmentedEvaluator(
-                both,
-                split_augmented,
-                categories,
-                LocoSettings(doc_spaces=("teacher",), gate_probe=gate_probe),
+            variants[name] = tag_writing_families(
+                AugmentedEvaluator(
+                    both,
+                    split_augmented,
+                    categories,
+                    LocoSettings(doc_spaces=("teacher",), gate_probe=gate_probe),
+                )
             )
-            evaluator.q_fam = np.where(writing_all, evaluator.q_fam.astype(str) + ":writing", evaluator.q_fam)
-            variants[name] = evaluator
         command += f" --passages-cache {passages_cache}"
     write_gate_report(
         out,
