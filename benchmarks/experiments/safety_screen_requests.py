@@ -46,6 +46,9 @@ def load(cache: Path) -> tuple[list[Any], list[Any], list[Any], np.ndarray]:
     requests = [r for r in cal if r.kind == "query"]
     if cache.exists():
         z = np.load(cache)
+        if len(z["features"]) != len(passages) + len(requests):
+            # Made before the data changed (rows added to the taxonomy): stale, not reusable.
+            raise SystemExit(f"{cache} holds {len(z['features'])} rows, not {len(passages) + len(requests)}")
         return passages, requests, held, z["features"]
     encoder = L2VGEncoder.from_pretrained(dtype="float32")
     layer = 15
