@@ -7,7 +7,10 @@ implementation only managed at batch size 1.
 ``greedy_decode`` is a plain loop over the model's forward with its KV cache, built for
 what greedy decoding needs and nothing more: only the last position's logits are
 computed, the next token is an argmax, and a row that has finished leaves the batch (its
-KV rows are dropped), so late steps do not pay for rows that are done. ``model.generate``
+KV rows are dropped), so late steps do not pay for rows that are done. Past the prompt's
+pass, a plain Llama decoder steps through :mod:`.llama_decode` (the same arithmetic with
+fused matmuls and a cache attention reads in place); other models step through their own
+forward. ``model.generate``
 keeps finished rows in the batch to the end and runs its general logits-processor and
 stopping-criteria machinery each step; ``benchmarks/results/generation.json`` holds the
 side-by-side measurement (``l2vg bench generation``).
@@ -21,9 +24,11 @@ from typing import Any
 
 import torch
 
+from . import llama_decode
 from .batching import common_prefix_length, pad_left, positions_from_mask
 from .decode_attention import decode_attention
 from .kv_cache import CACHE_KWARG, preallocated_cache
+from .llama_decode import LlamaDecodeStep
 
 
 def _eos_ids(tokenizer: object, model: torch.nn.Module) -> list[int]:
@@ -139,6 +144,15 @@ def _greedy_decode(
 
     logits = next_logits(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=positions)
     next_pos = positions[:, -1:] + 1
+    # Past the prompt, a plain Llama decoder steps through the hand-written path (its own
+    # cache, taken over from the prompt pass's); anything else steps through the model.
+    fast_step = (
+        LlamaDecodeStep(model, cache, None if unpadded else mask, mask.shape[1] + max_new_tokens)
+        if max_new_tokens > 1 and llama_decode.supports(model)
+        else None
+    )
+    if fast_step is not None:
+        del cache  # its keys and values now live in the step's buffers
     alive = torch.arange(n_rows, device=device)  # original row index of each batch row
     produced: list[list[int]] = [[] for _ in range(n_rows)]
     history: torch.Tensor | None = None
@@ -160,13 +174,19 @@ def _greedy_decode(
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            cache.batch_select_indices(keep)
+            if fast_step is not None:
+                fast_step.select(keep)
+            else:
+                cache.batch_select_indices(keep)
             alive, tokens, mask, next_pos = alive[keep], tokens[keep], mask[keep], next_pos[keep]
             if history is not None:
                 history = history[keep]
         history = tokens[:, None] if history is None else torch.cat([history, tokens[:, None]], dim=1)
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-        logits = next_logits(input_ids=tokens[:, None], position_ids=next_pos)
+        if fast_step is not None:
+            logits = head(fast_step(tokens, next_pos[:, 0]))
+        else:
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            logits = next_logits(input_ids=tokens[:, None], position_ids=next_pos)
         next_pos = next_pos + 1
     return produced
 
@@ -233,7 +253,10 @@ def generate_responses_hf(
     repetition_penalty: float = 1.0,
 ) -> list[list[int]]:
     """The same as :func:`generate_responses` through ``model.generate``: the reference
-    the fast loop is checked (identical tokens) and timed against."""
+    the fast loop is checked (identical tokens) and timed against. With a repetition
+    penalty the two differ by design: ``model.generate`` also penalises the prompt's
+    tokens, the library's loop only the tokens produced (as ``model.generate`` does from
+    embeddings, which is where the library uses a penalty: decoding soft prompts)."""
     eos = _eos_ids(tokenizer, model)
     input_ids, mask = pad_left(list(prompts), tokenizer.pad_token_id)  # type: ignore[attr-defined]
     device = next(model.parameters()).device

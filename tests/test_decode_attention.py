@@ -9,6 +9,7 @@ from conftest import build_tiny_backbone
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from l2vg_retrieval import decode_attention as da
+from l2vg_retrieval import llama_decode
 from l2vg_retrieval.generation import generate_responses, generate_responses_hf
 
 B, HEADS, KV, T, D = 3, 6, 2, 7, 8
@@ -88,7 +89,9 @@ def test_greedy_decoding_takes_the_matmul_path_and_matches_model_generate(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Equal-length prompts (no mask, SDPA's flash kernel before) and padded ones (a mask):
-    the same tokens as ``model.generate`` in float32, with every decode step on our path."""
+    the same tokens as ``model.generate`` in float32, with every decode step on our path
+    (for a model the hand-written Llama step does not cover: test_llama_decode.py)."""
+    monkeypatch.setattr(llama_decode, "supports", lambda _model: False)
     calls: list[int] = []
     real = da._single_query_attention
     monkeypatch.setattr(da, "_single_query_attention", lambda *a, **k: calls.append(1) or real(*a, **k))

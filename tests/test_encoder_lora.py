@@ -209,10 +209,8 @@ def test_fast_greedy_decoder_matches_model_generate_in_fp32() -> None:
     fast = generate_responses(backbone.model, tok, prompts, max_new_tokens=12)
     reference = generate_responses_hf(backbone.model, tok, prompts, max_new_tokens=12)
     assert fast == reference
-    penalised = generate_responses(backbone.model, tok, prompts, max_new_tokens=12, repetition_penalty=1.3)
-    assert penalised == generate_responses_hf(
-        backbone.model, tok, prompts, max_new_tokens=12, repetition_penalty=1.3
-    )
+    # The repetition penalty is compared where it is used, decoding soft prompts
+    # (test_llama_decode.py): with prompt ids model.generate also counts the prompt's tokens.
 
 
 def test_length_batches_cover_every_item_once_and_group_equal_lengths() -> None:

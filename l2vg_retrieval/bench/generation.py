@@ -1,6 +1,8 @@
 """Response generation throughput: the library's greedy loop against ``model.generate``.
 
-Three configurations over the same training queries, in one process, one after another:
+Three configurations over the same training queries, in one process, taking turns (each
+round runs a share of every configuration's batches, so load on the shared machine falls on
+all alike):
 
 - ``hf-landed``: ``model.generate`` at batch 32 over window-sorted queries, the response
   generator as it first landed;
@@ -151,19 +153,30 @@ def run_generation_benchmark(
     # A few tokens through each path first: one-time kernel set-up is not throughput.
     for fn, _ in configs.values():
         fn(model, tokenizer, prompts[:4], max_new_tokens=2)
-    runs: dict[str, Any] = {}
-    outputs: dict[str, list[list[int]]] = {}
-    for name, (fn, batches) in configs.items():
+    # The configurations take turns, one share of each one's batches per round, so a change
+    # in the machine's load (it is shared) falls on all of them alike, not on whichever ran
+    # while it lasted; each keeps its own batching.
+    rounds = max(1, min(len(batches) for _, batches in configs.values()))
+    outputs: dict[str, list[list[int]]] = {name: [[] for _ in prompts] for name in configs}
+    seconds = dict.fromkeys(configs, 0.0)
+    for r in range(rounds):
         if on_step:
-            on_step(name)
-        rows, seconds = _run(fn, model, tokenizer, prompts, batches, max_new_tokens)
-        outputs[name] = rows
-        new_tokens = sum(len(r) for r in rows)
+            on_step(f"round {r + 1}/{rounds}")
+        for name, (fn, batches) in configs.items():
+            share = batches[r * len(batches) // rounds : (r + 1) * len(batches) // rounds]
+            rows, took = _run(fn, model, tokenizer, prompts, share, max_new_tokens)
+            seconds[name] += took
+            for idx in share:
+                for i in idx:
+                    outputs[name][i] = rows[i]
+    runs: dict[str, Any] = {}
+    for name, (_, batches) in configs.items():
+        new_tokens = sum(len(r) for r in outputs[name])
         runs[name] = {
-            "seconds": round(seconds, 2),
+            "seconds": round(seconds[name], 2),
             "new_tokens": new_tokens,
-            "new_tokens_per_s": round(new_tokens / seconds, 1),
-            "queries_per_s": round(len(prompts) / seconds, 2),
+            "new_tokens_per_s": round(new_tokens / seconds[name], 1),
+            "queries_per_s": round(len(prompts) / seconds[name], 2),
             "batches": len(batches),
         }
     if on_step:
@@ -211,6 +224,7 @@ def run_generation_benchmark(
         "batch_size": batch_size,
         "landed_batch_size": landed_batch_size,
         "dtype": str(dtype).removeprefix("torch."),
+        "interleaved_rounds": rounds,
         "runs": runs,
         "ratio_vs_landed": ratios,
         # Share of the bound's throughput each generator reaches (1.0 = the bound itself).

@@ -439,8 +439,14 @@ def section_generation(data: dict[str, Any], docs: Path) -> str:
             "## Response generation",
             _meta_line(data),
             f"{data['queries']} training-pool queries answered greedily, at most "
-            f"{data['max_new_tokens']} new tokens, {data['dtype']}; the runs one after "
-            "another in one process.",
+            f"{data['max_new_tokens']} new tokens, {data['dtype']}; "
+            + (
+                f"the three generators take turns in one process ({data['interleaved_rounds']} rounds, "
+                "each a share of every generator's batches, so the shared machine's load falls on "
+                "all alike), then the forward bound alone."
+                if data.get("interleaved_rounds")
+                else "the runs one after another in one process."
+            ),
             _table(
                 ["generator", "seconds", "new tokens", "new tokens/s", "queries/s", "x landed"],
                 [

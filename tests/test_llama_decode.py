@@ -1,0 +1,120 @@
+"""The hand-written Llama decode step (l2vg_retrieval.llama_decode): the same tokens as the
+model's own steps and ``model.generate`` in float32, through padding, finished rows leaving
+the batch and the repetition penalty, and only for the layouts it implements."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_tiny_backbone
+
+from l2vg_retrieval import llama_decode
+from l2vg_retrieval.generation import _eos_ids, generate_responses, generate_responses_hf, greedy_decode
+
+TEXTS = ["hi", "the quick brown fox jumps over it", "numbers 0123", "what is the capital of France?"]
+
+
+def _prompts(tokenizer: object, texts: list[str]) -> list[list[int]]:
+    return [
+        tokenizer(f"<|im_start|>user\n{t}<|im_end|>\n<|im_start|>assistant\n")["input_ids"]  # type: ignore[operator]
+        for t in texts
+    ]
+
+
+def _decode(
+    model: torch.nn.Module, tokenizer: object, prompts: list[list[int]], eos: list[int], n: int
+) -> list[list[int]]:
+    from l2vg_retrieval.batching import pad_left
+
+    ids, mask = pad_left(prompts, tokenizer.pad_token_id)  # type: ignore[attr-defined]
+    return greedy_decode(model, eos_ids=eos, max_new_tokens=n, input_ids=ids, attention_mask=mask)
+
+
+@pytest.mark.parametrize("texts", [TEXTS[:1] * 3, TEXTS], ids=["equal-length", "padded"])
+def test_hand_written_steps_match_model_generate(texts: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    backbone = build_tiny_backbone(initializer_range=0.1)
+    tok, model = backbone.tokenizer, backbone.model
+    assert llama_decode.supports(model)
+    calls: list[int] = []
+    real_call = llama_decode.LlamaDecodeStep.__call__
+    monkeypatch.setattr(
+        llama_decode.LlamaDecodeStep, "__call__", lambda self, *a: calls.append(1) or real_call(self, *a)
+    )
+    prompts = _prompts(tok, texts)
+    fast = generate_responses(model, tok, prompts, max_new_tokens=12)
+    assert len(calls) == 11, "every step after the prompt's pass goes through the hand-written step"
+    assert fast == generate_responses_hf(model, tok, prompts, max_new_tokens=12)
+    assert len({tuple(r) for r in fast}) == len(set(texts))  # answers differ where queries do
+
+
+def test_soft_prompt_decoding_with_a_repetition_penalty_matches_model_generate() -> None:
+    """The penalty is what decoding soft prompts uses; there, as in ``model.generate`` from
+    embeddings, it counts the tokens produced so far (with prompt ids, ``model.generate``
+    would count the prompt's too, so token-id prompts are compared without it)."""
+    from l2vg_retrieval.generation import generate_from_embeds
+
+    backbone = build_tiny_backbone(initializer_range=0.1)
+    tok, model = backbone.tokenizer, backbone.model
+    embeds = model.get_input_embeddings()(torch.tensor([p[:6] for p in _prompts(tok, TEXTS)])).detach()
+    for penalty in (1.0, 1.3):
+        ours = generate_from_embeds(model, tok, embeds, max_new_tokens=12, repetition_penalty=penalty)
+        with torch.inference_mode():
+            out = model.generate(
+                inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                max_new_tokens=12, do_sample=False, repetition_penalty=penalty,
+                eos_token_id=_eos_ids(tok, model), pad_token_id=tok.pad_token_id,
+            )  # fmt: skip
+        reference = [tok.decode(row, skip_special_tokens=True).strip() for row in out.tolist()]
+        assert ours == reference, penalty
+    plain = generate_from_embeds(model, tok, embeds, max_new_tokens=12)
+    assert plain != generate_from_embeds(model, tok, embeds, max_new_tokens=12, repetition_penalty=1.3)
+
+
+def test_rows_that_finish_leave_both_paths_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token some rows produce early is made an end of turn, so rows finish at different
+    steps and leave the batch: the hand-written step's own cache must drop the same rows."""
+    backbone = build_tiny_backbone(initializer_range=0.1)
+    tok, model = backbone.tokenizer, backbone.model
+    prompts = _prompts(tok, TEXTS)
+    first = _decode(model, tok, prompts, _eos_ids(tok, model), 10)
+    # A token that first appears in some row after a few steps and in some other row never.
+    row, at, stop = next(
+        (r, first[r].index(t), t)
+        for r in range(len(first))
+        for t in first[r][2:8]
+        if first[r].index(t) >= 2 and any(t not in other for other in first)
+    )
+    eos = [*_eos_ids(tok, model), stop]
+    fast = _decode(model, tok, prompts, eos, 10)
+    assert len(fast[row]) == at and any(len(r) == 10 for r in fast), [len(r) for r in fast]
+    monkeypatch.setattr(llama_decode, "supports", lambda _model: False)
+    assert fast == _decode(model, tok, prompts, eos, 10)
+
+
+def test_only_plain_llama_layers_take_the_hand_written_step() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    assert llama_decode.supports(build_tiny_backbone().model)
+    model = build_tiny_backbone().model
+    model.config.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    assert not llama_decode.supports(model)  # another rotary scheme
+    wrapped = get_peft_model(build_tiny_backbone().model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert not llama_decode.supports(wrapped.base_model.model)  # a LoRA layer is not skipped
+
+
+def test_capacity_is_checked() -> None:
+    from l2vg_retrieval.kv_cache import CACHE_KWARG, preallocated_cache
+
+    model = build_tiny_backbone().model
+    cache = preallocated_cache(model.config, 8)
+    with torch.inference_mode():
+        model.get_decoder()(
+            input_ids=torch.ones((2, 5), dtype=torch.long), **{CACHE_KWARG: cache}, use_cache=True
+        )
+    with pytest.raises(ValueError, match="capacity"):
+        llama_decode.LlamaDecodeStep(model, cache, None, capacity=5)
+    step = llama_decode.LlamaDecodeStep(model, cache, None, capacity=6)
+    positions = torch.tensor([5, 5])
+    assert step(torch.tensor([3, 4]), positions).shape == (2, model.config.hidden_size)
+    with pytest.raises(RuntimeError, match="full"):
+        step(torch.tensor([3, 4]), positions + 1)
