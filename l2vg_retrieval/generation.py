@@ -28,7 +28,6 @@ from . import llama_decode
 from .batching import common_prefix_length, pad_left, positions_from_mask
 from .decode_attention import decode_attention
 from .kv_cache import CACHE_KWARG, preallocated_cache
-from .llama_decode import LlamaDecodeStep
 
 
 def _eos_ids(tokenizer: object, model: torch.nn.Module) -> list[int]:
@@ -147,7 +146,7 @@ def _greedy_decode(
     # Past the prompt, a plain Llama decoder steps through the hand-written path (its own
     # cache, taken over from the prompt pass's); anything else steps through the model.
     fast_step = (
-        LlamaDecodeStep(model, cache, None if unpadded else mask, mask.shape[1] + max_new_tokens)
+        llama_decode.LlamaDecodeStep(model, cache, None if unpadded else mask, mask.shape[1] + max_new_tokens)
         if max_new_tokens > 1 and llama_decode.supports(model)
         else None
     )

@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safety_screen_requests import LocoInputs, loco_inputs, write_screen_report
+from safety_screen_requests import LocoInputs, cached_rows, loco_inputs, screen_features, write_screen_report
 
 from l2vg_retrieval import L2VGEncoder
 from l2vg_retrieval.bench.harmful_loco import GeneralisationEvaluator, LocoSettings
-from l2vg_retrieval.safety import SafetyFeatures, doc_probe_features
+from l2vg_retrieval.safety import doc_probe_features
 
 LAYER = 15
 
@@ -46,11 +46,9 @@ LAYER = 15
 def query_pass_features(x: LocoInputs, cache: Path) -> np.ndarray:
     """Every passage, then every calibration request, read through the query pass."""
     texts = [r.text for r in [*x.passages, *x.requests]]
-    if cache.exists():
-        z = np.load(cache)
-        if len(z["features"]) != len(texts):
-            raise SystemExit(f"{cache} holds {len(z['features'])} rows, not {len(texts)}: delete it")
-        return z["features"]
+    cached = cached_rows(cache, len(texts))
+    if cached is not None:
+        return cached
     encoder = L2VGEncoder.from_pretrained(dtype="float32")
     states = encoder.probe_states(
         texts, probe_layer=LAYER, prompt=encoder.config.query_instruction, show_progress_bar=True
@@ -66,22 +64,8 @@ def evaluate(x: LocoInputs, spaces: dict[str, np.ndarray], keep: tuple[str, ...]
     calibration requests read the same way); with several in ``keep``, each fold keeps one
     by ``fit_screen``'s rule."""
     n = len(x.passages)
-    queries = list(x.requests)
-    features = SafetyFeatures(
-        encoder_fingerprint="",
-        instruction=None,
-        prototype=np.zeros(1),
-        queries=queries,
-        passages=x.passages,
-        query_embeddings=np.zeros((len(queries), 1)),
-        answer_states=None,
-        answer_features=None,
-        answer_token_ids={},
-        doc_embeddings={k: v[:n].astype(np.float64) for k, v in spaces.items()},
-        probe_layer=LAYER,
-        probe_states=np.zeros((len(queries), 1)),
-        gate_embedding=False,
-        request_doc_embeddings={k: v[n:].astype(np.float64) for k, v in spaces.items()},
+    features = screen_features(
+        x.passages, x.requests, {k: v[:n] for k, v in spaces.items()}, {k: v[n:] for k, v in spaces.items()}
     )
     settings = LocoSettings(doc_spaces=keep, screen_probe="lda")  # type: ignore[arg-type]
     ev = GeneralisationEvaluator(features, x.split_of, x.categories, settings)

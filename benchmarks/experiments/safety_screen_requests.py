@@ -44,12 +44,9 @@ def load(cache: Path) -> tuple[list[Any], list[Any], list[Any], np.ndarray]:
     cal, held = load_calibration_set(), load_benchmark_set()
     passages = [r for r in [*cal, *held] if r.kind == "passage"]
     requests = [r for r in cal if r.kind == "query"]
-    if cache.exists():
-        z = np.load(cache)
-        if len(z["features"]) != len(passages) + len(requests):
-            # Made before the data changed (rows added to the taxonomy): stale, not reusable.
-            raise SystemExit(f"{cache} holds {len(z['features'])} rows, not {len(passages) + len(requests)}")
-        return passages, requests, held, z["features"]
+    cached = cached_rows(cache, len(passages) + len(requests))
+    if cached is not None:
+        return passages, requests, held, cached
     encoder = L2VGEncoder.from_pretrained(dtype="float32")
     layer = 15
     feats = embed_documents(
@@ -58,6 +55,48 @@ def load(cache: Path) -> tuple[list[Any], list[Any], list[Any], np.ndarray]:
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, features=feats, fingerprint=np.array(encoder.fingerprint))
     return passages, requests, held, feats
+
+
+def cached_rows(cache: Path, n_rows: int) -> np.ndarray | None:
+    """The ``features`` an experiment cached at ``cache`` (``None`` when there is none yet),
+    refused when made for another number of rows: before the data changed (rows added to
+    the taxonomy), stale and not reusable."""
+    if not cache.exists():
+        return None
+    features = np.load(cache)["features"]
+    if len(features) != n_rows:
+        raise SystemExit(f"{cache} holds {len(features)} rows, not {n_rows}: delete it")
+    return features
+
+
+def screen_features(
+    passages: list[Any],
+    requests: list[Any],
+    spaces: dict[str, np.ndarray],
+    request_spaces: dict[str, np.ndarray],
+) -> SafetyFeatures:
+    """Features for screen-only experiments: ``passages`` in each named document space and
+    ``requests`` (none: passages only) as query rows read the same way
+    (``request_doc_embeddings``); nothing the gate reads."""
+    queries = list(requests)
+    return SafetyFeatures(
+        encoder_fingerprint="",
+        instruction=None,
+        prototype=np.zeros(1),
+        queries=queries,
+        passages=passages,
+        query_embeddings=np.zeros((len(queries), 1)),
+        answer_states=None,
+        answer_features=None,
+        answer_token_ids={},
+        doc_embeddings={k: v.astype(np.float64) for k, v in spaces.items()},
+        probe_layer=15,
+        probe_states=np.zeros((len(queries), 1)),
+        gate_embedding=False,
+        request_doc_embeddings={k: v.astype(np.float64) for k, v in request_spaces.items()}
+        if queries
+        else None,
+    )
 
 
 class FitOnlyRequests(GeneralisationEvaluator):
@@ -86,23 +125,7 @@ def evaluate(
     """The library's own path: ``requests`` (none: passages only) as query rows with their
     document-pass features (``request_doc_embeddings``); each fold's screen trains on the
     fold's calibration requests (``fit_screen``'s ``request_index``); only passages are scored."""
-    queries = list(requests)
-    features = SafetyFeatures(
-        encoder_fingerprint="",
-        instruction=None,
-        prototype=np.zeros(1),
-        queries=queries,
-        passages=passages,
-        query_embeddings=np.zeros((len(queries), 1)),
-        answer_states=None,
-        answer_features=None,
-        answer_token_ids={},
-        doc_embeddings={"probe": feats.astype(np.float64)},
-        probe_layer=15,
-        probe_states=np.zeros((len(queries), 1)),
-        gate_embedding=False,
-        request_doc_embeddings={"probe": request_feats.astype(np.float64)} if queries else None,
-    )
+    features = screen_features(passages, requests, {"probe": feats}, {"probe": request_feats})
     ev = evaluator(features, split_of, categories, LocoSettings(doc_spaces=("probe",), screen_probe="lda"))
     return ev.leave_one_category_out(refusal_variants=())["screen"]
 
