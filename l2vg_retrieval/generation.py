@@ -9,8 +9,8 @@ what greedy decoding needs and nothing more: only the last position's logits are
 computed, the next token is an argmax, and a row that has finished leaves the batch (its
 KV rows are dropped), so late steps do not pay for rows that are done. Past the prompt's
 pass, a plain Llama decoder steps through :mod:`.llama_decode` (the same arithmetic with
-fused matmuls and a cache attention reads in place); other models step through their own
-forward. ``model.generate``
+fused matmuls, weights pre-packed for oneDNN in bfloat16 and a cache attention reads in
+place); other models step through their own forward. ``model.generate``
 keeps finished rows in the batch to the end and runs its general logits-processor and
 stopping-criteria machinery each step; ``benchmarks/results/generation.json`` holds the
 side-by-side measurement (``l2vg bench generation``).
@@ -182,7 +182,7 @@ def _greedy_decode(
                 history = history[keep]
         history = tokens[:, None] if history is None else torch.cat([history, tokens[:, None]], dim=1)
         if fast_step is not None:
-            logits = head(fast_step(tokens, next_pos[:, 0]))
+            logits = fast_step.logits(fast_step(tokens, next_pos[:, 0]))
         else:
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             logits = next_logits(input_ids=tokens[:, None], position_ids=next_pos)

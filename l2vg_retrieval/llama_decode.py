@@ -1,29 +1,34 @@
 """One greedy decode step of a Llama-architecture decoder, written out for a CPU.
 
 After the prompt's pass (through the model, as usual) every decode step is one token per
-row. Through transformers a step costs its weight matmuls and about half as much again on
-this 2-core machine (batch 128, SmolLM2-135M): per-layer module dispatch, mask and cache bookkeeping,
-and a copy of each layer's keys and values so that attention reads contiguous memory.
-:class:`LlamaDecodeStep` does the same arithmetic with less around it:
+row. :class:`LlamaDecodeStep` does a step's arithmetic with less around it than
+transformers' modules do:
 
-- q/k/v and gate/up are one matmul each (weights concatenated once per generation call);
+- each weight is pre-packed once for oneDNN (bfloat16; :class:`Matmul`): ``F.linear``
+  reorders it into oneDNN's blocked layout on every call, which is 10-15% of each matmul at
+  batch 128 here. Packing is used only where the packed product has ``F.linear``'s exact
+  bits (checked on the machine, :func:`packing_matches`), so the tokens do not change;
+- q/k/v and gate/up are one matmul each;
 - the cache is its own: keys stored transposed (``[rows * kv_heads, head_dim, capacity]``)
   and values as ``[rows * kv_heads, capacity, head_dim]``, so the filled part of either is
-  a strided matrix the batched matmul reads in place: nothing is copied per layer;
+  a strided matrix the batched matmul reads in place;
 - RMSNorm, rotary embedding and the final norm are the model's own modules and formulas,
   so float32 decoding picks exactly the tokens the model does (tested against
   ``model.generate``).
 
 ``benchmarks/results/ablations/decode_step_overhead.json`` measures the step side by side
-(``benchmarks/experiments/decode_step_overhead.py``): 0.95x the model's step, the matmuls
-alone 0.66x, so most of a step is arithmetic no rewrite removes. Only plain Llama-style layers take
-this path (:func:`supports`): bias-free ``nn.Linear`` projections (a LoRA-wrapped layer
-does not qualify, so an active adapter is never skipped), default rotary embedding, no
-sliding window; anything else decodes through the model.
+(``benchmarks/experiments/decode_step_overhead.py``, 9 alternating repetitions): 0.90x the
+model's step (LM head and argmax included) with packed weights, 1.02x without (the
+fusions alone are within noise of transformers' step); the weight matmuls alone take 0.64x,
+0.56x packed, so most of a step is arithmetic no rewrite removes. Only plain Llama-style
+layers take this path (:func:`supports`): bias-free ``nn.Linear`` projections and LM head
+(a LoRA-wrapped layer does not qualify, so an active adapter is never skipped), default
+rotary embedding, no sliding window; anything else decodes through the model.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -31,6 +36,36 @@ import torch.nn.functional as F
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+class Matmul:
+    """``F.linear(x, weight)``, through a copy of ``weight`` pre-packed for oneDNN when
+    ``packed`` (``rows`` is the batch size oneDNN picks its layout for; any other works)."""
+
+    def __init__(self, weight: torch.Tensor, rows: int, packed: bool) -> None:
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows) if packed else weight
+        self.packed = packed
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.packed:
+            return F.linear(x, self.weight)
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [None], "")
+
+
+def packing_matches(weight: torch.Tensor, rows: int) -> bool:
+    """Whether a pre-packed ``weight`` gives ``F.linear``'s exact bits here: only then is it
+    used (bfloat16 with oneDNN; in float32 ``F.linear`` runs another library's kernel, whose
+    rounding the float32 token checks against ``model.generate`` rely on)."""
+    if weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
+        return False
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return False
+    try:
+        seeded = torch.Generator().manual_seed(0)
+        probe = torch.randn((rows, weight.shape[1]), generator=seeded).to(weight.dtype)
+        return bool(torch.equal(Matmul(weight, rows, True)(probe), F.linear(probe, weight)))
+    except RuntimeError:  # an op this build of torch lacks or refuses
+        return False
 
 
 def _plain_linear(module: Any) -> bool:
@@ -47,6 +82,8 @@ def supports(model: torch.nn.Module) -> bool:
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         return False
     if getattr(config, "sliding_window", None) or getattr(config, "hidden_act", "silu") != "silu":
+        return False
+    if not _plain_linear(model.get_output_embeddings()):
         return False
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     for layer in body.layers:
@@ -65,6 +102,46 @@ def supports(model: torch.nn.Module) -> bool:
     return True
 
 
+_Layer = tuple[Matmul, Matmul, Matmul, Matmul]  # q/k/v, o, gate/up, down
+
+# Packed weights per model, kept while the model lives (one more copy of its weights, the
+# price of not packing them again for every batch: ~0.3 s for SmolLM2-135M), rebuilt when
+# any parameter is replaced or changed in place.
+_PACKED: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, ...], list[_Layer], Matmul]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _fingerprint(model: torch.nn.Module) -> tuple[int, ...]:
+    return tuple(v for p in model.parameters() for v in (p.data_ptr(), p._version))
+
+
+def _step_matmuls(model: torch.nn.Module, rows: int, pack: bool) -> tuple[list[_Layer], Matmul]:
+    """Each layer's four matmuls (q/k/v and gate/up fused) and the LM head, packed when
+    ``pack`` and packing reproduces ``F.linear`` exactly (:func:`packing_matches`)."""
+    head_weight = model.get_output_embeddings().weight
+    packed = pack and packing_matches(head_weight, rows)
+    if packed and model in _PACKED and _PACKED[model][0] == _fingerprint(model):
+        return _PACKED[model][1], _PACKED[model][2]
+
+    def matmul(*weights: torch.Tensor) -> Matmul:
+        return Matmul(torch.cat(weights) if len(weights) > 1 else weights[0], rows, packed)
+
+    layers: list[_Layer] = [
+        (
+            matmul(*(getattr(layer.self_attn, n).weight for n in ("q_proj", "k_proj", "v_proj"))),
+            matmul(layer.self_attn.o_proj.weight),
+            matmul(layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight),
+            matmul(layer.mlp.down_proj.weight),
+        )
+        for layer in model.get_decoder().layers
+    ]
+    head = matmul(head_weight)
+    if packed:
+        _PACKED[model] = (_fingerprint(model), layers, head)
+    return layers, head
+
+
 class LlamaDecodeStep:
     """Greedy decode steps after a prompt pass that filled ``cache`` (a transformers cache
     whose layers hold ``keys`` / ``values`` ``[rows, kv_heads, length, head_dim]``).
@@ -75,7 +152,13 @@ class LlamaDecodeStep:
     """
 
     def __init__(
-        self, model: torch.nn.Module, cache: Any, key_mask: torch.Tensor | None, capacity: int
+        self,
+        model: torch.nn.Module,
+        cache: Any,
+        key_mask: torch.Tensor | None,
+        capacity: int,
+        *,
+        pack_weights: bool = True,
     ) -> None:
         config = model.config
         self.body = model.get_decoder()
@@ -83,28 +166,14 @@ class LlamaDecodeStep:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.group = self.heads // self.kv_heads
         self.scale = self.head_dim**-0.5
-        self.weights = [
-            (
-                torch.cat(
-                    [
-                        layer.self_attn.q_proj.weight,
-                        layer.self_attn.k_proj.weight,
-                        layer.self_attn.v_proj.weight,
-                    ]
-                ),
-                layer.self_attn.o_proj.weight,
-                torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]),
-                layer.mlp.down_proj.weight,
-                layer.input_layernorm,
-                layer.post_attention_layernorm,
-            )
-            for layer in self.body.layers
-        ]
-        self.intermediate = self.body.layers[0].mlp.gate_proj.out_features
         first = cache.layers[0].keys
         rows, length = first.shape[0], first.shape[2]
         if capacity < length + 1:
             raise ValueError(f"capacity {capacity} leaves no room after {length} cached positions")
+        self.matmuls, self.head = _step_matmuls(model, rows, pack_weights)
+        self.packed = self.head.packed  # whether the weights are pre-packed (bfloat16, oneDNN)
+        self.norms = [(layer.input_layernorm, layer.post_attention_layernorm) for layer in self.body.layers]
+        self.intermediate = self.body.layers[0].mlp.gate_proj.out_features
         flat = rows * self.kv_heads
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
@@ -145,28 +214,35 @@ class LlamaDecodeStep:
         cos, sin = self.body.rotary_emb(x[:, None], positions[:, None])
         cos = cos.to(x.dtype).reshape(rows, 1, self.head_dim)
         sin = sin.to(x.dtype).reshape(rows, 1, self.head_dim)
-        n_q, n_kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        flat = rows * self.kv_heads
+        heads, kv, dim = self.heads, self.kv_heads, self.head_dim
+        flat = rows * kv
         mask = None if self.mask is None else self.mask[:, None, None, : t + 1]
-        for keys, values, (qkv_w, o_w, gate_up_w, down_w, norm1, norm2) in zip(
-            self.keys, self.values, self.weights, strict=True
+        for keys, values, (qkv_w, o_w, gate_up_w, down_w), (norm1, norm2) in zip(
+            self.keys, self.values, self.matmuls, self.norms, strict=True
         ):
-            qkv = F.linear(norm1(x), qkv_w)
-            q = self._rotate(qkv[:, :n_q].reshape(rows, self.heads, self.head_dim), cos, sin)
-            k = self._rotate(qkv[:, n_q : n_q + n_kv].reshape(rows, self.kv_heads, self.head_dim), cos, sin)
-            keys[:, :, t] = k.reshape(flat, self.head_dim)
-            values[:, t] = qkv[:, n_q + n_kv :].reshape(flat, self.head_dim)
+            qkv = qkv_w(norm1(x)).view(rows, heads + 2 * kv, dim)
+            # Queries and keys rotate together (one set of elementwise ops, not two); each
+            # element's arithmetic is the model's own.
+            qk = self._rotate(qkv[:, : heads + kv], cos, sin)
+            # Written straight into the cache's views: no intermediate copy.
+            keys.view(rows, kv, dim, -1)[:, :, :, t] = qk[:, heads:]
+            values.view(rows, kv, -1, dim)[:, :, t] = qkv[:, heads + kv :]
             # Scaled after the product, in float32, as the model's own attention does: the
             # same rounding, so float32 decoding picks the same tokens.
-            scores = torch.bmm(q.reshape(flat, self.group, self.head_dim), keys[:, :, : t + 1]).float()
+            scores = torch.bmm(qk[:, :heads].reshape(flat, self.group, dim), keys[:, :, : t + 1]).float()
             scores = scores * self.scale
             if mask is not None:
-                scores = scores.view(rows, self.kv_heads, self.group, t + 1).masked_fill(~mask, float("-inf"))
+                scores = scores.view(rows, kv, self.group, t + 1).masked_fill(~mask, float("-inf"))
                 scores = scores.view(flat, self.group, t + 1)
             weights = torch.softmax(scores, dim=-1).to(x.dtype)
-            attended = torch.bmm(weights, values[:, : t + 1]).reshape(rows, n_q)
-            x = x + F.linear(attended, o_w)
-            gate, up = F.linear(norm2(x), gate_up_w).split(self.intermediate, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, down_w)
+            attended = torch.bmm(weights, values[:, : t + 1]).reshape(rows, heads * dim)
+            x = x + o_w(attended)
+            gate, up = gate_up_w(norm2(x)).split(self.intermediate, dim=-1)
+            x = x + down_w(F.silu(gate) * up)
         self.length = t + 1
         return self.body.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on :meth:`__call__`'s output, through the step's (maybe packed) weight."""
+        with torch.inference_mode():
+            return self.head(hidden)

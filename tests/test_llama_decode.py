@@ -118,3 +118,52 @@ def test_capacity_is_checked() -> None:
     assert step(torch.tensor([3, 4]), positions).shape == (2, model.config.hidden_size)
     with pytest.raises(RuntimeError, match="full"):
         step(torch.tensor([3, 4]), positions + 1)
+
+
+def _steps(model: torch.nn.Module, prompt: torch.Tensor, n: int, *, pack: bool) -> torch.Tensor:
+    """``n`` greedy steps of the hand-written step after ``prompt``'s pass: the logits."""
+    from l2vg_retrieval.kv_cache import CACHE_KWARG, preallocated_cache
+
+    cache = preallocated_cache(model.config, prompt.shape[1] + n + 1)
+    with torch.inference_mode():
+        hidden = model.get_decoder()(input_ids=prompt, **{CACHE_KWARG: cache}, use_cache=True)
+        tokens = model.get_output_embeddings()(hidden.last_hidden_state[:, -1]).float().argmax(-1)
+        step = llama_decode.LlamaDecodeStep(model, cache, None, prompt.shape[1] + n + 1, pack_weights=pack)
+        assert step.packed == pack
+        out = []
+        for s in range(n):
+            logits = step.logits(step(tokens, torch.full_like(tokens, prompt.shape[1] + s)))
+            tokens = logits.float().argmax(-1)
+            out.append(logits)
+    return torch.stack(out)
+
+
+needs_onednn_bf16 = pytest.mark.skipif(
+    not llama_decode.packing_matches(torch.ones((8, 8), dtype=torch.bfloat16), 4),
+    reason="pre-packed bfloat16 weights are used only where oneDNN reproduces F.linear exactly",
+)
+
+
+def test_packing_is_used_only_where_it_gives_the_same_bits() -> None:
+    assert not llama_decode.packing_matches(torch.ones((8, 8)), 4)  # float32: another kernel
+
+
+@needs_onednn_bf16
+def test_packed_weights_give_the_unpacked_steps_bits() -> None:
+    model = build_tiny_backbone(initializer_range=0.1).model.to(torch.bfloat16)
+    prompt = torch.randint(5, model.config.vocab_size, (6, 7), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(_steps(model, prompt, 6, pack=True), _steps(model, prompt, 6, pack=False))
+
+
+@needs_onednn_bf16
+def test_packed_weights_follow_a_change_to_the_model() -> None:
+    """Packed weights are kept per model; a weight changed in place must not decode with
+    the stale copy."""
+    model = build_tiny_backbone(initializer_range=0.1).model.to(torch.bfloat16)
+    prompt = torch.randint(5, model.config.vocab_size, (3, 5), generator=torch.Generator().manual_seed(2))
+    before = _steps(model, prompt, 3, pack=True)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.mul_(-3)
+    after = _steps(model, prompt, 3, pack=True)
+    assert not torch.equal(before, after)
+    assert torch.equal(after, _steps(model, prompt, 3, pack=False))
