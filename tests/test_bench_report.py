@@ -154,7 +154,7 @@ def test_generation_and_response_length_sections_render(tmp_path: Path) -> None:
     )
     text = write_report(tmp_path / "r", tmp_path / "d").read_text()
     assert "## Response generation" in text and "| 2.500 |" in text
-    assert "x landed (3.000) is the ceiling" in text and "fast 0.833" in text
+    assert "x landed (3.000) is their ceiling" in text and "fast 0.833" in text
     assert "## Response length" in text and "96 new tokens" in text
     assert (tmp_path / "d" / "benchmarks_generation.png").stat().st_size > 0
 
