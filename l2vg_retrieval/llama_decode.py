@@ -4,10 +4,12 @@ After the prompt's pass (through the model, as usual) every decode step is one t
 row. :class:`LlamaDecodeStep` does a step's arithmetic with less around it than
 transformers' modules do:
 
-- each weight is pre-packed once for oneDNN (bfloat16; :class:`Matmul`): ``F.linear``
-  reorders it into oneDNN's blocked layout on every call, which is 10-15% of each matmul at
-  batch 128 here. Packing is used only where the packed product has ``F.linear``'s exact
-  bits (checked on the machine, :func:`packing_matches`), so the tokens do not change;
+- inside a :func:`packed_weights` block (writing a training pool's responses, the
+  generation benchmark) each weight is pre-packed once for oneDNN (bfloat16;
+  :class:`Matmul`): ``F.linear`` reorders it into oneDNN's blocked layout on every call,
+  which is 10-15% of each matmul at batch 128 here. Packing is used only where the packed
+  product has ``F.linear``'s exact bits (checked on the machine, :func:`packing_matches`),
+  so the tokens do not change;
 - q/k/v and gate/up are one matmul each;
 - the cache is its own: keys stored transposed (``[rows * kv_heads, head_dim, capacity]``)
   and values as ``[rows * kv_heads, capacity, head_dim]``, so the filled part of either is
@@ -29,6 +31,9 @@ rotary embedding, no sliding window; anything else decodes through the model.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -104,25 +109,53 @@ def supports(model: torch.nn.Module) -> bool:
 
 _Layer = tuple[Matmul, Matmul, Matmul, Matmul]  # q/k/v, o, gate/up, down
 
-# Packed weights per model, kept while the model lives (one more copy of its weights, the
-# price of not packing them again for every batch: ~0.3 s for SmolLM2-135M), rebuilt when
-# any parameter is replaced or changed in place.
-_PACKED: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, ...], list[_Layer], Matmul]] = (
-    weakref.WeakKeyDictionary()
-)
+
+@dataclass
+class _PackedSet:
+    """One model's packed weights inside :func:`packed_weights` blocks (``depth`` of them)."""
+
+    depth: int = 0
+    fingerprint: tuple[int, ...] = ()
+    layers: list[_Layer] = field(default_factory=list)
+    head: Matmul | None = None
+
+
+_ACTIVE: weakref.WeakKeyDictionary[torch.nn.Module, _PackedSet] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def packed_weights(model: torch.nn.Module) -> Iterator[None]:
+    """Within this block, greedy decoding with ``model`` packs its weights once and reuses
+    them for every batch; they are freed when the (outermost) block ends.
+
+    Packing costs about 0.3 s for SmolLM2-135M and holds one more copy of the weights, so it
+    pays for work of many batches (writing a training pool's responses, a benchmark), not
+    for one short decode; outside a block, decoding does not pack. A parameter replaced or
+    changed in place inside the block is noticed and packed again.
+    """
+    entry = _ACTIVE.setdefault(model, _PackedSet())
+    entry.depth += 1
+    try:
+        yield
+    finally:
+        entry.depth -= 1
+        if entry.depth == 0:
+            _ACTIVE.pop(model, None)
 
 
 def _fingerprint(model: torch.nn.Module) -> tuple[int, ...]:
     return tuple(v for p in model.parameters() for v in (p.data_ptr(), p._version))
 
 
-def _step_matmuls(model: torch.nn.Module, rows: int, pack: bool) -> tuple[list[_Layer], Matmul]:
+def _step_matmuls(model: torch.nn.Module, rows: int, pack: bool | None) -> tuple[list[_Layer], Matmul]:
     """Each layer's four matmuls (q/k/v and gate/up fused) and the LM head, packed when
-    ``pack`` and packing reproduces ``F.linear`` exactly (:func:`packing_matches`)."""
+    asked (``None``: inside a :func:`packed_weights` block) and packing reproduces
+    ``F.linear`` exactly (:func:`packing_matches`)."""
     head_weight = model.get_output_embeddings().weight
-    packed = pack and packing_matches(head_weight, rows)
-    if packed and model in _PACKED and _PACKED[model][0] == _fingerprint(model):
-        return _PACKED[model][1], _PACKED[model][2]
+    entry = _ACTIVE.get(model)
+    packed = (entry is not None if pack is None else pack) and packing_matches(head_weight, rows)
+    if packed and entry is not None and entry.head is not None and entry.fingerprint == _fingerprint(model):
+        return entry.layers, entry.head
 
     def matmul(*weights: torch.Tensor) -> Matmul:
         return Matmul(torch.cat(weights) if len(weights) > 1 else weights[0], rows, packed)
@@ -137,8 +170,8 @@ def _step_matmuls(model: torch.nn.Module, rows: int, pack: bool) -> tuple[list[_
         for layer in model.get_decoder().layers
     ]
     head = matmul(head_weight)
-    if packed:
-        _PACKED[model] = (_fingerprint(model), layers, head)
+    if packed and entry is not None:
+        entry.fingerprint, entry.layers, entry.head = _fingerprint(model), layers, head
     return layers, head
 
 
@@ -148,7 +181,9 @@ class LlamaDecodeStep:
 
     ``key_mask`` ``[rows, length]`` (1 = attend) is the prompt pass's attention mask when
     rows were left-padded, ``None`` when they were not. ``capacity`` is the longest the
-    sequence may grow (prompt + new tokens).
+    sequence may grow (prompt + new tokens). ``pack_weights``: ``None`` packs inside a
+    :func:`packed_weights` block (reusing its packed weights), ``True`` always (packing for
+    this step alone outside a block), ``False`` never.
     """
 
     def __init__(
@@ -158,7 +193,7 @@ class LlamaDecodeStep:
         key_mask: torch.Tensor | None,
         capacity: int,
         *,
-        pack_weights: bool = True,
+        pack_weights: bool | None = None,
     ) -> None:
         config = model.config
         self.body = model.get_decoder()

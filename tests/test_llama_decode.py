@@ -120,7 +120,7 @@ def test_capacity_is_checked() -> None:
         step(torch.tensor([3, 4]), positions + 1)
 
 
-def _steps(model: torch.nn.Module, prompt: torch.Tensor, n: int, *, pack: bool) -> torch.Tensor:
+def _steps(model: torch.nn.Module, prompt: torch.Tensor, n: int, *, pack: bool | None) -> torch.Tensor:
     """``n`` greedy steps of the hand-written step after ``prompt``'s pass: the logits."""
     from l2vg_retrieval.kv_cache import CACHE_KWARG, preallocated_cache
 
@@ -129,7 +129,7 @@ def _steps(model: torch.nn.Module, prompt: torch.Tensor, n: int, *, pack: bool) 
         hidden = model.get_decoder()(input_ids=prompt, **{CACHE_KWARG: cache}, use_cache=True)
         tokens = model.get_output_embeddings()(hidden.last_hidden_state[:, -1]).float().argmax(-1)
         step = llama_decode.LlamaDecodeStep(model, cache, None, prompt.shape[1] + n + 1, pack_weights=pack)
-        assert step.packed == pack
+        assert step.packed == (pack if pack is not None else model in llama_decode._ACTIVE)
         out = []
         for s in range(n):
             logits = step.logits(step(tokens, torch.full_like(tokens, prompt.shape[1] + s)))
@@ -156,14 +156,19 @@ def test_packed_weights_give_the_unpacked_steps_bits() -> None:
 
 
 @needs_onednn_bf16
-def test_packed_weights_follow_a_change_to_the_model() -> None:
-    """Packed weights are kept per model; a weight changed in place must not decode with
-    the stale copy."""
+def test_packed_weights_live_for_a_block_and_follow_a_change_to_the_model() -> None:
+    """Inside a packed_weights block every batch reuses one packing; a weight changed in
+    place must not decode with the stale copy; after the block nothing is kept or packed."""
     model = build_tiny_backbone(initializer_range=0.1).model.to(torch.bfloat16)
     prompt = torch.randint(5, model.config.vocab_size, (3, 5), generator=torch.Generator().manual_seed(2))
-    before = _steps(model, prompt, 3, pack=True)
-    with torch.no_grad():
-        model.model.layers[1].mlp.down_proj.weight.mul_(-3)
-    after = _steps(model, prompt, 3, pack=True)
+    with llama_decode.packed_weights(model):
+        before = _steps(model, prompt, 3, pack=None)
+        cached = llama_decode._step_matmuls(model, 3, None)
+        assert cached[1] is llama_decode._step_matmuls(model, 3, None)[1]  # packed once, reused
+        with torch.no_grad():
+            model.model.layers[1].mlp.down_proj.weight.mul_(-3)
+        after = _steps(model, prompt, 3, pack=None)
+        assert llama_decode._step_matmuls(model, 3, None)[1] is not cached[1]
     assert not torch.equal(before, after)
     assert torch.equal(after, _steps(model, prompt, 3, pack=False))
+    assert not llama_decode._step_matmuls(model, 3, None)[1].packed  # released with the block

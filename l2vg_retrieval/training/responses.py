@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..batching import length_batches
 from ..generation import generate_responses, trim_repetition
 from ..inputs import PromptTemplate, build_input_ids, clean_text
+from ..llama_decode import packed_weights
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def generate_response_cache(
     with (
         cache_path.open("a", encoding="utf-8") as out,
         tqdm(total=len(todo), desc="responses", unit="query", disable=not show_progress_bar) as bar,
+        packed_weights(model),  # packed once for all batches (bfloat16 Llama backbones)
     ):
         for idx in batches:
             token_rows = generate_responses(
