@@ -66,9 +66,11 @@ def packing_matches(weight: torch.Tensor, rows: int) -> bool:
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
         return False
     try:
+        # A slice of the weight is enough to tell the kernels apart, and cheap to pack.
+        sample = weight[:256]
         seeded = torch.Generator().manual_seed(0)
         probe = torch.randn((rows, weight.shape[1]), generator=seeded).to(weight.dtype)
-        return bool(torch.equal(Matmul(weight, rows, True)(probe), F.linear(probe, weight)))
+        return bool(torch.equal(Matmul(sample, rows, True)(probe), F.linear(probe, sample)))
     except RuntimeError:  # an op this build of torch lacks or refuses
         return False
 
@@ -153,9 +155,10 @@ def _step_matmuls(model: torch.nn.Module, rows: int, pack: bool | None) -> tuple
     ``F.linear`` exactly (:func:`packing_matches`)."""
     head_weight = model.get_output_embeddings().weight
     entry = _ACTIVE.get(model)
-    packed = (entry is not None if pack is None else pack) and packing_matches(head_weight, rows)
-    if packed and entry is not None and entry.head is not None and entry.fingerprint == _fingerprint(model):
-        return entry.layers, entry.head
+    want = entry is not None if pack is None else pack
+    if want and entry is not None and entry.head is not None and entry.fingerprint == _fingerprint(model):
+        return entry.layers, entry.head  # packed (and checked) earlier in this block
+    packed = want and packing_matches(head_weight, rows)
 
     def matmul(*weights: torch.Tensor) -> Matmul:
         return Matmul(torch.cat(weights) if len(weights) > 1 else weights[0], rows, packed)
