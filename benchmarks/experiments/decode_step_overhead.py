@@ -13,7 +13,8 @@ alternating (the median step of each repetition), one decode step at batch 128 a
   matmul each, the cache's keys stored transposed so that attention reads both cache
   halves in place (no copy per layer), RMSNorm and rotary as the model computes them;
 - ``hand-written, packed weights``: the same step with its weights pre-packed once for
-  oneDNN (what the library runs in bfloat16: the same kernel and bits as ``F.linear``,
+  oneDNN (what the library runs in bfloat16 inside ``llama_decode.packed_weights``, as when
+  writing a pool's responses: the same kernel and bits as ``F.linear``,
   without reordering the weight on every call);
 - ``matmuls only``: the step's seven weight matmuls per layer and the LM head at the same
   shapes, on fresh inputs: the arithmetic no step can skip (plain and pre-packed).
