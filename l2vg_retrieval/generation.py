@@ -123,7 +123,15 @@ def _greedy_decode(
     device = attention_mask.device
     n_rows = attention_mask.shape[0]
     eos = torch.tensor(sorted(set(eos_ids)), device=device)
-    cache = preallocated_cache(model.config, len(prefix_ids) + attention_mask.shape[1] + max_new_tokens)
+    # Past the prompt, a plain Llama decoder steps through the hand-written path, in the
+    # prompt pass's own buffers (keys stored transposed for it); anything else steps through
+    # the model.
+    hand_written = max_new_tokens > 1 and llama_decode.supports(model)
+    cache = preallocated_cache(
+        model.config,
+        len(prefix_ids) + attention_mask.shape[1] + max_new_tokens,
+        keys_transposed=hand_written,
+    )
     mask, positions = shared_prefix(model, prefix_ids, attention_mask, cache)
     # With no padding (equal-length rows; callers bucket by length) no mask is passed at
     # all: attention then takes its causal fast path instead of building a 4D mask per step.
@@ -143,11 +151,9 @@ def _greedy_decode(
 
     logits = next_logits(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=positions)
     next_pos = positions[:, -1:] + 1
-    # Past the prompt, a plain Llama decoder steps through the hand-written path (its own
-    # cache, taken over from the prompt pass's); anything else steps through the model.
     fast_step = (
         llama_decode.LlamaDecodeStep(model, cache, None if unpadded else mask, mask.shape[1] + max_new_tokens)
-        if max_new_tokens > 1 and llama_decode.supports(model)
+        if hand_written
         else None
     )
     if fast_step is not None:

@@ -35,9 +35,10 @@ def _layer_class() -> type | None:
         return None
 
     class PreallocatedLayer(DynamicLayer):  # type: ignore[misc, valid-type]
-        def __init__(self, capacity: int) -> None:
+        def __init__(self, capacity: int, keys_transposed: bool = False) -> None:
             super().__init__()
             self.capacity = capacity
+            self.keys_transposed = keys_transposed
             self._key_buffer: torch.Tensor | None = None
             self._value_buffer: torch.Tensor | None = None
             self._length = 0
@@ -60,7 +61,10 @@ def _layer_class() -> type | None:
 
         def _grow(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
             shape = (keys.shape[0], keys.shape[1], room, keys.shape[-1])
-            key_buffer = keys.new_empty(shape)
+            if self.keys_transposed:
+                key_buffer = keys.new_empty((*shape[:2], shape[3], room)).transpose(2, 3)
+            else:
+                key_buffer = keys.new_empty(shape)
             value_buffer = values.new_empty((*shape[:3], values.shape[-1]))
             if self._key_buffer is not None and self._value_buffer is not None:
                 key_buffer[..., : self._length, :] = self._key_buffer[..., : self._length, :]
@@ -71,10 +75,24 @@ def _layer_class() -> type | None:
         def batch_select_indices(self, indices: torch.Tensor) -> None:
             if self._key_buffer is None or self._value_buffer is None:
                 return
-            self._key_buffer = self._key_buffer[indices]
+            if self.keys_transposed:  # rows selected in the transposed storage keep its layout
+                self._key_buffer = self._key_buffer.transpose(2, 3)[indices].transpose(2, 3)
+            else:
+                self._key_buffer = self._key_buffer[indices]
             self._value_buffer = self._value_buffer[indices]
             self.keys = self._key_buffer[..., : self._length, :]
             self.values = self._value_buffer[..., : self._length, :]
+
+        def transposed_buffers(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+            """With ``keys_transposed``, the whole buffers: keys ``[B, KV, D, room]`` and
+            values ``[B, KV, room, D]``, both contiguous, for a decoder that keeps stepping in
+            them (``llama_decode``); ``None`` otherwise."""
+            if not self.keys_transposed or self._key_buffer is None or self._value_buffer is None:
+                return None
+            keys = self._key_buffer.transpose(2, 3)
+            if not (keys.is_contiguous() and self._value_buffer.is_contiguous()):
+                return None
+            return keys, self._value_buffer
 
     return PreallocatedLayer
 
@@ -82,13 +100,18 @@ def _layer_class() -> type | None:
 _LAYER = _layer_class()
 
 
-def preallocated_cache(config: Any, capacity: int) -> Any:
-    """A ``DynamicCache`` for ``config`` whose layers hold ``capacity`` positions up front."""
+def preallocated_cache(config: Any, capacity: int, *, keys_transposed: bool = False) -> Any:
+    """A ``DynamicCache`` for ``config`` whose layers hold ``capacity`` positions up front.
+
+    ``keys_transposed`` stores each layer's keys as ``[B, KV, D, capacity]`` (attention is
+    handed the same ``[B, KV, T, D]`` views, strided), the layout
+    :class:`l2vg_retrieval.llama_decode.LlamaDecodeStep` steps in: it then takes the buffers
+    over after the prompt's pass instead of copying them."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=config)
     n_layers = int(getattr(config, "num_hidden_layers", 0))
     if _LAYER is None or not hasattr(cache, "layers") or not n_layers:
         return cache
-    cache.layers = [_LAYER(capacity) for _ in range(n_layers)]
+    cache.layers = [_LAYER(capacity, keys_transposed) for _ in range(n_layers)]
     return cache

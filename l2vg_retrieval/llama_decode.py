@@ -216,6 +216,13 @@ class LlamaDecodeStep:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         for layer in cache.layers:
+            # A cache that already stores keys transposed, with room for every step, is
+            # stepped in place (no copy); any other is copied into that layout.
+            buffers = layer.transposed_buffers() if hasattr(layer, "transposed_buffers") else None
+            if buffers is not None and buffers[0].shape == (rows, self.kv_heads, self.head_dim, capacity):
+                self.keys.append(buffers[0].view(flat, self.head_dim, capacity))
+                self.values.append(buffers[1].view(flat, capacity, self.head_dim))
+                continue
             keys = first.new_empty((flat, self.head_dim, capacity))
             values = first.new_empty((flat, capacity, self.head_dim))
             keys[:, :, :length] = layer.keys.reshape(flat, length, self.head_dim).transpose(1, 2)

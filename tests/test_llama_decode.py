@@ -172,3 +172,44 @@ def test_packed_weights_live_for_a_block_and_follow_a_change_to_the_model() -> N
     assert not torch.equal(before, after)
     assert torch.equal(after, _steps(model, prompt, 3, pack=False))
     assert not llama_decode._step_matmuls(model, 3, None)[1].packed  # released with the block
+
+
+def test_a_cache_with_transposed_keys_is_stepped_in_place() -> None:
+    """The prompt pass's buffers become the step's (no copy), and the step's tokens are those
+    of a step that copied them."""
+    from l2vg_retrieval.kv_cache import CACHE_KWARG, preallocated_cache
+
+    model = build_tiny_backbone(initializer_range=0.1).model
+    prompt = torch.randint(5, model.config.vocab_size, (3, 5), generator=torch.Generator().manual_seed(3))
+    steps = []
+    for transposed in (True, False):
+        cache = preallocated_cache(model.config, 9, keys_transposed=transposed)
+        with torch.inference_mode():
+            model.get_decoder()(input_ids=prompt, **{CACHE_KWARG: cache}, use_cache=True)
+        step = llama_decode.LlamaDecodeStep(model, cache, None, 9)
+        buffers = cache.layers[0].transposed_buffers()
+        assert (buffers is not None and step.keys[0].data_ptr() == buffers[0].data_ptr()) == transposed
+        tokens, out = torch.tensor([7, 8, 9]), []
+        for s in range(4):
+            tokens = step.logits(step(tokens, torch.full((3,), 5 + s))).argmax(-1)
+            out.append(tokens)
+        steps.append(torch.stack(out))
+    assert torch.equal(steps[0], steps[1])
+
+
+def test_transposed_key_storage_is_the_same_cache_to_the_model() -> None:
+    """Keys stored transposed are handed to attention as the same [B, KV, T, D] values,
+    through growth and rows leaving the batch."""
+    from l2vg_retrieval.kv_cache import preallocated_cache
+
+    config = build_tiny_backbone().model.config
+    caches = [preallocated_cache(config, 4, keys_transposed=t) for t in (True, False)]
+    states = torch.randn((2, 3, 2, 6, 16), generator=torch.Generator().manual_seed(4))
+    for cache in caches:
+        cache.update(states[0, :, :, :3], states[1, :, :, :3], 0)
+        cache.update(states[0, :, :, 3:], states[1, :, :, 3:], 0)  # past capacity: grows
+        cache.layers[0].batch_select_indices(torch.tensor([2, 0]))
+    (a, b), (c, d) = ((cache.layers[0].keys, cache.layers[0].values) for cache in caches)
+    assert torch.equal(a, c) and torch.equal(b, d) and a.shape == (2, 2, 6, 16)
+    assert caches[0].layers[0].transposed_buffers() is not None
+    assert caches[1].layers[0].transposed_buffers() is None
