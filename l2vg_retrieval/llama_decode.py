@@ -11,9 +11,11 @@ transformers' modules do:
   product has ``F.linear``'s exact bits (checked on the machine, :func:`packing_matches`),
   so the tokens do not change;
 - q/k/v and gate/up are one matmul each;
-- the cache is its own: keys stored transposed (``[rows * kv_heads, head_dim, capacity]``)
-  and values as ``[rows * kv_heads, capacity, head_dim]``, so the filled part of either is
-  a strided matrix the batched matmul reads in place;
+- keys are stored transposed (``[rows * kv_heads, head_dim, capacity]``) and values as
+  ``[rows * kv_heads, capacity, head_dim]``, so the filled part of either is a strided
+  matrix the batched matmul reads in place. The prompt pass's cache already stores them so
+  when asked (``preallocated_cache(..., keys_transposed=True)``, as generation does), and
+  the step then takes its buffers over; any other cache is copied into that layout;
 - RMSNorm, rotary embedding and the final norm are the model's own modules and formulas,
   so float32 decoding picks exactly the tokens the model does (tested against
   ``model.generate``).
