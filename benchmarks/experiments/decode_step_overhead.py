@@ -6,7 +6,8 @@ pre-packed weights); the issue asks for 2.5x. This measures, side by side in one
 alternating (the median step of each repetition), one decode step at batch 128 after a
 60-token prompt:
 
-- ``transformers``: the step the loop runs now (the model's decoder with the library's
+- ``transformers``: the step through the model (what the loop runs for any backbone the
+  hand-written step does not cover: the model's decoder with the library's
   preallocated cache and single-query attention, the LM head on the last position, argmax);
 - ``hand-written``: :class:`l2vg_retrieval.llama_decode.LlamaDecodeStep`, the same
   arithmetic written out for a Llama backbone with nothing else: q/k/v and gate/up as one
