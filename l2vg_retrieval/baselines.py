@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -19,6 +20,7 @@ from .batching import encode_texts, length_batches, pad_left, positions_from_mas
 from .config import DEFAULT_DOCUMENT_PROMPT, DEFAULT_QUERY_INSTRUCTION
 from .generation import generate_responses, trim_repetition
 from .inputs import PromptTemplate, as_text_list, build_input_ids
+from .llama_decode import packed_weights
 from .runtime import resolve_device, resolve_dtype
 from .teacher import TeacherEncoder
 
@@ -132,7 +134,10 @@ class GenerateThenEncode:
             self.tokenizer, self.template, texts, prompt=prompt, max_text_tokens=self.max_text_tokens
         )
         answers: list[str] = [""] * len(ids)
-        with self._lock:
+        # Packing the weights (bfloat16 Llama backbones) costs ~0.3 s and makes each decode
+        # step 5-15% faster: worth it from a full batch on, not for a few queries.
+        many = len(ids) >= self.generation_batch_size
+        with self._lock, packed_weights(self.model) if many else contextlib.nullcontext():
             for idx in length_batches([len(i) for i in ids], self.generation_batch_size, window=len(ids)):
                 rows = generate_responses(
                     self.model, self.tokenizer, [ids[i] for i in idx], max_new_tokens=self.max_new_tokens

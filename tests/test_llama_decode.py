@@ -4,9 +4,11 @@ the batch and the repetition penalty, and only for the layouts it implements."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
-from conftest import build_tiny_backbone
+from conftest import build_tiny_backbone, build_tiny_teacher
 
 from l2vg_retrieval import llama_decode
 from l2vg_retrieval.generation import _eos_ids, generate_responses, generate_responses_hf, greedy_decode
@@ -213,3 +215,35 @@ def test_transposed_key_storage_is_the_same_cache_to_the_model() -> None:
     assert torch.equal(a, c) and torch.equal(b, d) and a.shape == (2, 2, 6, 16)
     assert caches[0].layers[0].transposed_buffers() is not None
     assert caches[1].layers[0].transposed_buffers() is None
+
+
+@needs_onednn_bf16
+def test_generate_then_encode_packs_for_a_full_batch_and_answers_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The baseline packs its weights when it has at least a batch to generate (packing costs
+    about 0.3 s), not for a few queries; its answers are the same either way."""
+    from l2vg_retrieval import baselines
+    from l2vg_retrieval.teacher import TeacherEncoder
+
+    backbone = build_tiny_backbone(initializer_range=0.1)
+    hyde = baselines.GenerateThenEncode(
+        backbone, TeacherEncoder(build_tiny_teacher()), device="cpu", dtype="bfloat16", max_new_tokens=5,
+        generation_batch_size=4,
+    )  # fmt: skip
+    packed_during: list[bool] = []
+    real = baselines.generate_responses
+
+    def spy(model: torch.nn.Module, *args: object, **kwargs: object) -> list[list[int]]:
+        packed_during.append(model in llama_decode._ACTIVE)
+        return real(model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(baselines, "generate_responses", spy)
+    queries = [f"question number {i} about the weather" for i in range(6)]
+    packed = hyde.generate(queries)
+    assert packed_during == [True, True]  # two batches of up to 4
+    assert hyde.model not in llama_decode._ACTIVE  # released with the call
+    hyde.generate(queries[:3])
+    assert packed_during[2:] == [False]  # fewer than a batch: not worth packing
+    monkeypatch.setattr(baselines, "packed_weights", lambda model: contextlib.nullcontext())
+    assert hyde.generate(queries) == packed
