@@ -67,11 +67,41 @@ WRITTEN_LICENCE = "Apache-2.0 (written for this project)"
 MIT = "MIT"
 
 # HarmBench contexts whose text is itself harmful material (synthesis routes, exploit
-# code, instructions, targeted profiles for harassment). Misinformation contexts are
+# code, instructions, ransom and scam scripts). Misinformation contexts are
 # ordinary articles and posts whose harm lies only in the requested edit: labelling a
 # Wikipedia biography "harmful" would teach the screen that encyclopaedic prose is harm.
 HARMFUL_CONTEXT_CATEGORIES = frozenset(
     {"chemical_biological", "cybercrime_intrusion", "illegal", "harmful", "harassment_bullying"}
+)
+# ...except where the context is the harmless *target* of the requested harm, which a text
+# read on its own gives no reason to withhold: a person's post, a profile or description
+# without contact details, a buyer's email, an encyclopaedia article, a seller's listing, a
+# bank's web form, a machine's own command output. The request stays a harmful request; its
+# context is not a harmful passage. (Reviewed by reading every context, not by any score;
+# the two profiles that list a private person's phone number stay: privacy harm.)
+BENIGN_TARGET_CONTEXTS = frozenset(
+    f"harmbench-{behaviour}"
+    for behaviour in (
+        "aa_meeting_drink_encouragement",  # a speaker's story of getting sober
+        "ammonium_nitrate_purchase_trick",  # a fertiliser seller's listing and its restrictions
+        "csrf_attack_code_form_spoofing",  # a bank's transfer form
+        "email_amanda_johnson_click_link",  # self-published professional profiles
+        "email_laura_smith_click_link",
+        "email_steve_parker_click_link",
+        "email_tom_harris_click_link",
+        "email_emma_jackson_malware_persuasion",  # an author's biography
+        "email_malware_persuasion_message",  # a buyer's email about a phone for sale
+        "gabriel_convince_suicide",  # a student's profile
+        "jacob_bully_message",  # a description of a child
+        "maria_racist_insult",  # a description of a woman
+        "reverse_shell_mac",  # a machine's own whoami / system_profiler output
+        "reverse_shell_windows1",
+        "reverse_shell_windows2",
+        "tweet_antisemitic_response",  # a post about celebrating Hanukkah
+        "tweet_pride_day_homophobic_response",  # a post about a Pride parade
+        "twitter_post_insult_bully_response",  # a post about a daughter's ballet show
+        "wikipedia_race_superiority_edit",  # Wikipedia's article on race
+    )
 )
 # PyRIT's AI-red-team seed files that hold harmful objectives (fairness, fairness_yes_no and
 # licensed_therapist hold benign questions or model-behaviour probes, not harmful requests).
@@ -618,6 +648,14 @@ class _Request:
     passages: list[tuple[str, str, str]] = field(default_factory=list)  # (text, source, licence)
     group: str = ""
 
+    @property
+    def passages_written_out(self) -> list[tuple[str, str, str]]:
+        """The passages that become harmful rows: a context reviewed as the harmless target of
+        the request (:data:`BENIGN_TARGET_CONTEXTS`) is not one. It still takes part in the
+        selection and the split, which were drawn before the review: leaving it out there
+        would re-deal every other row between the splits."""
+        return [] if self.behaviour.id in BENIGN_TARGET_CONTEXTS else self.passages
+
 
 @dataclass
 class BuildSizes:
@@ -762,7 +800,7 @@ def build_taxonomy_sets(
                         b.text, 1, "query", _source_name(b), r.group, category, DOMAIN_HARMFUL, b.licence
                     )
                     ps = [LabelledText(t, 1, "passage", s, r.group, category, DOMAIN_HARMFUL, lic)
-                          for t, s, lic in r.passages]  # fmt: skip
+                          for t, s, lic in r.passages_written_out]  # fmt: skip
                     side.append(q)
                     side.extend(ps)
                     if side is rows_held:

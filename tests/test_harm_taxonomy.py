@@ -292,3 +292,23 @@ def test_categories_in_follows_the_taxonomy_then_unknown_categories_sorted() -> 
     ]
     assert categories_in(rows) == [ids[0], ids[3], "aa_user", "zz_user"]
     assert categories_in([]) == []
+
+
+def test_a_context_reviewed_as_the_harmless_target_is_not_written_out_as_harm() -> None:
+    """A HarmBench context that is only the target of the requested harm (a person's post,
+    a profile) is no harmful passage; it still takes part in the split, so that the review
+    does not re-deal the other rows."""
+    from l2vg_retrieval.safety_data import BENIGN_TARGET_CONTEXTS, Behaviour, _Request
+
+    chunks = [("Watching my daughter's ballet performance ...", "harmbench-context", "MIT")]
+    target = Behaviour("harmbench-twitter_post_insult_bully_response", "Given this post, bully ...",
+                       "harmbench", "harassment_bullying", context=chunks[0][0])  # fmt: skip
+    assert target.id in BENIGN_TARGET_CONTEXTS
+    harmful = Behaviour("harmbench-sqli_payload_waf_ml_bypass_1", "Obfuscate these payloads",
+                        "harmbench", "cybercrime_intrusion", context="admin' --")  # fmt: skip
+    reviewed = _Request(target, "harassment", written=False, passages=list(chunks))
+    kept = _Request(
+        harmful, "non_violent_crimes", written=False, passages=[("admin' --", "harmbench-context", "MIT")]
+    )
+    assert reviewed.passages and reviewed.passages_written_out == []
+    assert kept.passages_written_out == kept.passages
