@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 from safety_gate_passages import cached_request_features, write_gate_report
+from safety_screen_requests import cached_probe_features
 
-from l2vg_retrieval import L2VGEncoder
 from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
-from l2vg_retrieval.safety import SafetyFeatures, doc_probe_features
+from l2vg_retrieval.safety import SafetyFeatures
 from l2vg_retrieval.safety_data import categories_in, load_benchmark_set, load_calibration_set
 
 LAYER = 15
@@ -44,21 +44,7 @@ LAYER = 15
 def document_pass(features: SafetyFeatures, cache: Path) -> np.ndarray:
     """The requests (in the cached features' order) read as passages, as the screen reads them."""
     texts = [r.text for r in features.queries]
-    if cache.exists():
-        stored = np.load(cache, allow_pickle=False)
-        same_encoder = str(stored["fingerprint"]) == features.encoder_fingerprint
-        if len(stored["features"]) == len(texts) and same_encoder:
-            return stored["features"]
-    encoder = L2VGEncoder.from_pretrained(dtype="float32")
-    if encoder.fingerprint != features.encoder_fingerprint:
-        raise SystemExit("the query-pass cache was made by another encoder: delete it and rerun")
-    states = encoder.probe_states(
-        texts, probe_layer=LAYER, prompt=encoder.config.document_prompt, show_progress_bar=True
-    )
-    feats = doc_probe_features(states)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, features=feats, fingerprint=np.array(encoder.fingerprint))
-    return feats
+    return cached_probe_features(cache, texts, fingerprint=features.encoder_fingerprint, layer=LAYER)
 
 
 def with_states(features: SafetyFeatures, states: np.ndarray) -> SafetyFeatures:

@@ -34,11 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safety_screen_requests import LocoInputs, cached_rows, loco_inputs, screen_features, write_screen_report
+from safety_screen_requests import (
+    LocoInputs,
+    cached_probe_features,
+    loco_inputs,
+    screen_features,
+    write_screen_report,
+)
 
-from l2vg_retrieval import L2VGEncoder
 from l2vg_retrieval.bench.harmful_loco import GeneralisationEvaluator, LocoSettings
-from l2vg_retrieval.safety import doc_probe_features
 
 LAYER = 15
 
@@ -46,17 +50,7 @@ LAYER = 15
 def query_pass_features(x: LocoInputs, cache: Path) -> np.ndarray:
     """Every passage, then every calibration request, read through the query pass."""
     texts = [r.text for r in [*x.passages, *x.requests]]
-    cached = cached_rows(cache, len(texts))
-    if cached is not None:
-        return cached
-    encoder = L2VGEncoder.from_pretrained(dtype="float32")
-    states = encoder.probe_states(
-        texts, probe_layer=LAYER, prompt=encoder.config.query_instruction, show_progress_bar=True
-    )
-    feats = doc_probe_features(states)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, features=feats, fingerprint=np.array(encoder.fingerprint))
-    return feats
+    return cached_probe_features(cache, texts, prompt_field="query_instruction", layer=LAYER)
 
 
 def evaluate(x: LocoInputs, spaces: dict[str, np.ndarray], keep: tuple[str, ...]) -> Any:

@@ -35,7 +35,7 @@ from l2vg_retrieval.bench.harmful_loco import (
     screen_variant_line,
     screen_variant_record,
 )
-from l2vg_retrieval.safety import SafetyFeatures, embed_documents, fit_screen
+from l2vg_retrieval.safety import SafetyFeatures, doc_probe_features, fit_screen
 from l2vg_retrieval.safety_data import categories_in, load_benchmark_set, load_calibration_set
 
 
@@ -44,29 +44,52 @@ def load(cache: Path) -> tuple[list[Any], list[Any], list[Any], np.ndarray]:
     cal, held = load_calibration_set(), load_benchmark_set()
     passages = [r for r in [*cal, *held] if r.kind == "passage"]
     requests = [r for r in cal if r.kind == "query"]
-    cached = cached_rows(cache, len(passages) + len(requests))
-    if cached is not None:
-        return passages, requests, held, cached
-    encoder = L2VGEncoder.from_pretrained(dtype="float32")
-    layer = 15
-    feats = embed_documents(
-        encoder, [r.text for r in [*passages, *requests]], "probe", probe_layer=layer, show_progress_bar=True
-    )
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, features=feats, fingerprint=np.array(encoder.fingerprint))
+    feats = cached_probe_features(cache, [r.text for r in [*passages, *requests]])
     return passages, requests, held, feats
 
 
-def cached_rows(cache: Path, n_rows: int) -> np.ndarray | None:
-    """The ``features`` an experiment cached at ``cache`` (``None`` when there is none yet),
-    refused when made for another number of rows: before the data changed (rows added to
-    the taxonomy), stale and not reusable."""
+def cached_rows(cache: Path, n_rows: int, fingerprint: str | None = None) -> np.ndarray | None:
+    """The ``features`` an experiment cached at ``cache`` (``None`` when there is none yet,
+    or, given ``fingerprint``, when another encoder made them), refused when made for
+    another number of rows: before the data changed (rows added to the taxonomy), stale and
+    not reusable."""
     if not cache.exists():
         return None
-    features = np.load(cache)["features"]
+    stored = np.load(cache)
+    if fingerprint is not None and str(stored["fingerprint"]) != fingerprint:
+        return None
+    features = stored["features"]
     if len(features) != n_rows:
         raise SystemExit(f"{cache} holds {len(features)} rows, not {n_rows}: delete it")
     return features
+
+
+def cached_probe_features(
+    cache: Path,
+    texts: list[str],
+    *,
+    prompt_field: str = "document_prompt",
+    fingerprint: str | None = None,
+    layer: int = 15,
+) -> np.ndarray:
+    """The probe features of ``texts`` (the last position and the mean after ``layer``
+    layers, as the screen reads passages) under the packaged default encoder's
+    ``config.<prompt_field>``: read from ``cache`` (:func:`cached_rows`), else computed with
+    one half pass and cached. Given ``fingerprint``, the encoder must be the one that made
+    the features they will sit beside."""
+    cached = cached_rows(cache, len(texts), fingerprint)
+    if cached is not None:
+        return cached
+    encoder = L2VGEncoder.from_pretrained(dtype="float32")
+    if fingerprint is not None and encoder.fingerprint != fingerprint:
+        raise SystemExit(f"the features beside {cache} were made by another encoder: delete them and rerun")
+    states = encoder.probe_states(
+        texts, probe_layer=layer, prompt=getattr(encoder.config, prompt_field), show_progress_bar=True
+    )
+    feats = doc_probe_features(states)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, features=feats, fingerprint=np.array(encoder.fingerprint))
+    return feats
 
 
 def screen_features(
