@@ -77,6 +77,18 @@ def soft_prompt_features(encoder: L2VGEncoder, n_examples: int) -> dict[str, tor
     return features
 
 
+def held_out_scores(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """The held-out evaluation's alignment cosine and Recall@1 (each query's own answer
+    among all held-out answers) of predicted vectors against the teacher's."""
+    pred = torch.nn.functional.normalize(pred, dim=-1)
+    truth = torch.nn.functional.normalize(truth, dim=-1)
+    sims = pred @ truth.T
+    return {
+        "heldout_alignment_cosine": round((pred * truth).sum(-1).mean().item(), 4),
+        "heldout_recall@1": round((sims.argmax(1) == torch.arange(len(sims))).float().mean().item(), 4),
+    }
+
+
 def fit_and_score(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -90,12 +102,8 @@ def fit_and_score(
     x, y, x_held, y_held = x.double(), y.double(), x_held.double(), y_held.double()
     choice = choose_ridge(x, y, n_views, ridges=ridges, validation_fraction=0.1, seed=0)
     w, b = solve_ridge(x, y, choice.ridge)
-    pred = torch.nn.functional.normalize(x_held @ w.T + b, dim=-1)
-    truth = torch.nn.functional.normalize(y_held, dim=-1)
-    sims = pred @ truth.T
     return {
-        "heldout_alignment_cosine": round((pred * truth).sum(-1).mean().item(), 4),
-        "heldout_recall@1": round((sims.argmax(1) == torch.arange(len(sims))).float().mean().item(), 4),
+        **held_out_scores(x_held @ w.T + b, y_held),
         "ridge": choice.ridge,
         "validation_mse_by_ridge": {str(k): v for k, v in choice.validation_mse.items()},
         "parameters": int(w.numel() + b.numel()),

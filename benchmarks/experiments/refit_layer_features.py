@@ -87,8 +87,12 @@ def layer_features(encoder: L2VGEncoder, texts: list[str], prompt: str | None) -
     }
 
 
+def feature_cache(n_examples: int) -> Path:
+    return ROOT / "runs" / "exp" / f"layer_features_{n_examples}.pt"
+
+
 def cached_features(encoder: L2VGEncoder, n_examples: int) -> dict[str, Any]:
-    cache = ROOT / "runs" / "exp" / f"layer_features_{n_examples}.pt"
+    cache = feature_cache(n_examples)
     if cache.is_file():
         return torch.load(cache)
     # The same seeded sample as refit_head_capacity.py, so the two experiments compare.

@@ -26,20 +26,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from refit_head_capacity import fit_and_score
-from refit_layer_features import RIDGES, ROOT
+from refit_head_capacity import fit_and_score, held_out_scores
+from refit_layer_features import RIDGES, feature_cache
 
 EPOCHS = 40
 GRID = {"hidden": (1024, 2048), "dropout": (0.1, 0.3), "weight_decay": (1e-3, 1e-1)}
-
-
-def held_out_scores(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
-    pred, truth = F.normalize(pred, dim=-1), F.normalize(truth, dim=-1)
-    sims = pred @ truth.T
-    return {
-        "heldout_alignment_cosine": round((pred * truth).sum(-1).mean().item(), 4),
-        "heldout_recall@1": round((sims.argmax(1) == torch.arange(len(sims))).float().mean().item(), 4),
-    }
 
 
 def train_mlp(
@@ -96,7 +87,7 @@ def compare(train: torch.Tensor, targets: torch.Tensor, held: torch.Tensor, held
 
 
 def main(out: str, n_examples: int) -> None:
-    f = torch.load(ROOT / "runs" / "exp" / f"layer_features_{n_examples}.pt")
+    f = torch.load(feature_cache(n_examples))
     targets, held_targets = f["train_targets"].float(), f["heldout_targets"].float()
     sets = {
         "soft_mean (the default's feature)": (f["train"]["soft"].float(), f["heldout"]["soft"].float()),
