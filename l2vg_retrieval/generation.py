@@ -180,10 +180,11 @@ def _greedy_decode(
             if keep.numel() == 0:
                 break
             if fast_step is not None:
-                fast_step.select(keep)
+                fast_step.select(keep)  # the step keeps its own mask
             else:
                 cache.batch_select_indices(keep)
-            alive, tokens, mask, next_pos = alive[keep], tokens[keep], mask[keep], next_pos[keep]
+                mask = mask[keep]
+            alive, tokens, next_pos = alive[keep], tokens[keep], next_pos[keep]
             if history is not None:
                 history = history[keep]
         history = tokens[:, None] if history is None else torch.cat([history, tokens[:, None]], dim=1)
