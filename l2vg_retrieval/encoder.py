@@ -30,9 +30,9 @@ from .batching import (
     positions_from_mask,
     run_batched,
 )
-from .config import EncoderConfig
+from .config import EncoderConfig, EncoderLoraConfig
 from .early_exit import ExitRMSNorm, build_exit_norm, check_exit_layer, truncated_body
-from .encoder_lora import EncoderAdapter
+from .encoder_lora import EncoderAdapter, grow_rank
 from .inputs import PromptTemplate, as_text_list, build_input_ids, prompt_prefix_ids
 from .kv_cache import CACHE_KWARG
 from .matryoshka import check_dim, truncate
@@ -221,8 +221,10 @@ class L2VGEncoder(torch.nn.Module):
     def warm_start_from_checkpoint(self, folder: Path) -> list[str]:
         """:meth:`warm_start_from` the tensors of a checkpoint folder, after the same checks
         ``from_pretrained`` makes; returns the names that started fresh."""
-        self.check_checkpoint_meta(read_checkpoint_meta(folder), folder)
-        return self.warm_start_from(_load_weights(folder))
+        meta = read_checkpoint_meta(folder)
+        self.check_checkpoint_meta(meta, folder)
+        saved_lora = EncoderConfig.model_validate(meta["config"]).encoder_lora
+        return self.warm_start_from(_load_weights(folder), lora_from=saved_lora)
 
     def save_pretrained(self, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
         """Write only the trainable parts (safetensors) and a JSON config."""
@@ -299,7 +301,9 @@ class L2VGEncoder(torch.nn.Module):
             self.adapter.load_state(tensors)
         self.clear_caches()
 
-    def warm_start_from(self, tensors: dict[str, torch.Tensor]) -> list[str]:
+    def warm_start_from(
+        self, tensors: dict[str, torch.Tensor], *, lora_from: EncoderLoraConfig | None = None
+    ) -> list[str]:
         """Load a checkpoint trained with other *option* settings (issue 12's exit layer,
         pooling, exit norm) as the starting point of this encoder.
 
@@ -308,8 +312,15 @@ class L2VGEncoder(torch.nn.Module):
         module (latent pooling, a learned exit norm); they keep their initialisation, which
         starts each option as the original encoder (zeroed output projections, a copy of the
         final norm). Returns the names that started fresh.
+
+        ``lora_from`` is the checkpoint's encoder LoRA; when this encoder's has a larger rank
+        (or another alpha) on the same modules, the checkpoint's adapter is embedded in it
+        computing the same update (:func:`encoder_lora.grow_rank`).
         """
         own = self.trainable_state()
+        mine = self.config.encoder_lora
+        if lora_from is not None and mine is not None and lora_from != mine:
+            tensors = grow_rank(tensors, own, saved=lora_from, target=mine)
         unexpected = sorted(set(tensors) - set(own))
         if unexpected:
             raise CheckpointError(

@@ -152,3 +152,48 @@ class EncoderAdapter:
         with torch.no_grad():
             for key, param in self._params.items():
                 param.copy_(tensors[f"encoder_lora.{key}"].to(param.dtype))
+
+
+def grow_rank(
+    tensors: dict[str, torch.Tensor],
+    own: dict[str, torch.Tensor],
+    *,
+    saved: EncoderLoraConfig,
+    target: EncoderLoraConfig,
+) -> dict[str, torch.Tensor]:
+    """A checkpoint's LoRA tensors (rank ``saved.r``) embedded in a LoRA of rank
+    ``target.r`` that computes exactly the same update, so a larger adapter can be trained
+    from a trained smaller one instead of from scratch.
+
+    The update is ``B·A·alpha/r``. The saved rows of ``A`` and columns of ``B`` take the first
+    ``saved.r`` places; the new rows of ``A`` keep their fresh random initialisation (taken
+    from ``own``, this encoder's tensors) and the new columns of ``B`` are zero, so the added
+    directions contribute nothing until training moves them, and their gradients are not
+    zero (peft's own initialisation, at the larger rank). ``B`` is rescaled by the ratio of
+    the two scalings, so any ``alpha`` works. Keys are ``encoder_lora.<module>.lora_A.weight``
+    / ``lora_B.weight`` as :meth:`EncoderAdapter.state` names them; other keys pass through.
+    """
+    if target.r < saved.r:
+        raise ValueError(f"a LoRA can only grow: rank {saved.r} -> {target.r}")
+    if tuple(target.target_modules) != tuple(saved.target_modules):
+        raise ValueError(
+            f"a grown LoRA must cover the same modules: {saved.target_modules} -> {target.target_modules}"
+        )
+    rescale = (saved.alpha / saved.r) / (target.alpha / target.r)
+    grown = dict(tensors)
+    for key, value in tensors.items():
+        if not key.startswith("encoder_lora."):
+            continue
+        if key not in own:
+            raise ValueError(f"this encoder's LoRA has no tensor '{key}'")
+        fresh = own[key].detach().to(torch.float32).clone()
+        old = value.detach().to(torch.float32)
+        if key.endswith("lora_A.weight"):
+            fresh[: saved.r] = old
+        elif key.endswith("lora_B.weight"):
+            fresh.zero_()
+            fresh[:, : saved.r] = old * rescale
+        else:
+            raise ValueError(f"unexpected LoRA tensor '{key}'")
+        grown[key] = fresh
+    return grown

@@ -164,6 +164,45 @@ def test_lora_checkpoint_round_trip_and_mismatch(tmp_path: Path) -> None:
         plain.load_trainable_state(encoder.trainable_state())
 
 
+def test_a_trained_lora_grows_in_rank_computing_the_same_update_and_its_new_directions_train(
+    tmp_path: Path,
+) -> None:
+    """A larger adapter warm-started from a trained one starts as exactly that encoder (the
+    saved rows and columns in place, B rescaled for the new alpha/r, the new columns of B
+    zero), and training moves the new directions: their gradients are not zero."""
+    trained = _lora_encoder()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for p in trained.adapter.parameters():
+            p.normal_(0, 0.3)
+    trained.clear_caches()
+    expected = trained.encode(["capital of France?", "how do I bake bread?"])
+    trained.save_pretrained(tmp_path / "r4")
+    grown = build_tiny_encoder(encoder_lora=EncoderLoraConfig(r=12, alpha=6.0))
+    assert grown.warm_start_from_checkpoint(tmp_path / "r4") == []
+    assert abs(grown.encode(["capital of France?", "how do I bake bread?"]) - expected).max() < 1e-5
+    saved, state = trained.trainable_state(), grown.trainable_state()
+    a_key = next(k for k in saved if k.endswith("lora_A.weight"))
+    b_key = a_key.replace("lora_A", "lora_B")
+    assert torch.equal(state[a_key][:4], saved[a_key]) and state[a_key][4:].abs().sum() > 0
+    assert torch.allclose(state[b_key][:, :4], saved[b_key] * (8.0 / 4) / (6.0 / 12))
+    assert torch.equal(state[b_key][:, 4:], torch.zeros_like(state[b_key][:, 4:]))
+    recon, align = compute_losses(grown, _batch(grown), [None] * 4, align_kind="cosine")
+    (recon + align).backward()
+    b_param = dict(grown.adapter.named_parameters())[b_key.removeprefix("encoder_lora.")]
+    assert b_param.grad is not None and b_param.grad[:, 4:].abs().sum() > 0
+    # A LoRA cannot shrink, nor move to other modules.
+    with pytest.raises(ValueError, match="only grow"):
+        build_tiny_encoder(encoder_lora=EncoderLoraConfig(r=2, alpha=4.0)).warm_start_from_checkpoint(
+            tmp_path / "r4"
+        )
+    with pytest.raises(ValueError, match="same modules"):
+        build_tiny_encoder(
+            encoder_lora=EncoderLoraConfig(r=8, alpha=16.0, target_modules=("q_proj", "v_proj"))
+        ).warm_start_from_checkpoint(tmp_path / "r4")
+
+
 def test_two_lora_encoders_share_one_backbone_without_interfering() -> None:
     backbone = build_tiny_backbone()
     config = EncoderConfig(

@@ -571,6 +571,7 @@ def test_init_from_with_other_options_warm_starts_them_and_other_changes_are_ref
     )
     assert summary["init_from"] == str(run / "final") and summary["steps"] == 2
     started = _weights(run / "final")
+    started_config = json.loads((run / "final" / "l2vg_config.json").read_text())["config"]
     trained = L2VGEncoder.from_pretrained(tmp_path / "exit" / "run" / "final", dtype="float32")
     assert trained.config.exit_layer == 1
     moved = _weights(tmp_path / "exit" / "run" / "final")
@@ -581,6 +582,27 @@ def test_init_from_with_other_options_warm_starts_them_and_other_changes_are_ref
     raw["output_dir"] = "run2"
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="beyond the option fields"):
+        run_training(
+            load_train_config(path),
+            init_from=run / "final",
+            evaluate_baselines=False,
+            show_progress_bar=False,
+        )
+    # The encoder LoRA may grow in rank (it starts as the checkpoint's adapter), not shrink.
+    raw["encoder"]["n_compression"] = started_config["n_compression"]
+    lora = raw["encoder"]["encoder_lora"]
+    raw["encoder"]["encoder_lora"] = {**lora, "r": 2 * lora["r"], "alpha": 2 * lora["alpha"]}
+    raw["output_dir"] = "run3"
+    path.write_text(yaml.safe_dump(raw))
+    summary = run_training(
+        load_train_config(path), init_from=run / "final", evaluate_baselines=False, show_progress_bar=False
+    )
+    grown = L2VGEncoder.from_pretrained(tmp_path / "exit" / "run3" / "final", dtype="float32")
+    assert grown.config.encoder_lora.r == 2 * lora["r"] and summary["steps"] == 2
+    raw["encoder"]["encoder_lora"] = {**lora, "r": 1}
+    raw["output_dir"] = "run4"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="can only grow"):
         run_training(
             load_train_config(path),
             init_from=run / "final",

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..backbones import LoadedBackbone, LoadedTeacher, load_backbone
-from ..config import OPTION_FIELDS, EncoderConfig
+from ..config import OPTION_FIELDS, EncoderConfig, EncoderLoraConfig
 from ..encoder import L2VGEncoder, read_checkpoint_meta
 from ..runtime import peak_rss_mb, resolve_device, resolve_dtype
 from .config import TrainConfig
@@ -171,18 +171,22 @@ def _encoder_from(
     (exit layer, pooling, exit norm: issue 12) warm-starts the new options from it: the
     shared tensors carry over and each new option module starts as the original encoder,
     so options are compared at an equal training budget from the same starting point.
-    Anything else (tokens, backbone, teacher, LoRA) is refused: those tensors would not fit.
+    The encoder LoRA may grow in rank (or change alpha): the trained adapter is embedded in
+    the larger one, computing the same update, so a larger adapter continues from the
+    checkpoint instead of starting from scratch. Anything else (tokens, backbone, teacher,
+    the LoRA's modules) is refused: those tensors would not fit.
     """
     saved = EncoderConfig.model_validate(read_checkpoint_meta(init_from)["config"])
     ignore = {"document_mode"}
     if saved.model_dump(exclude=ignore) == config.encoder.model_dump(exclude=ignore):
         return L2VGEncoder.from_pretrained(init_from, backbone=backbone, teacher=teacher, dtype=dtype)
-    core = ignore | set(OPTION_FIELDS)
+    core = ignore | set(OPTION_FIELDS) | {"encoder_lora"}
     if saved.model_dump(exclude=core) != config.encoder.model_dump(exclude=core):
         raise ValueError(
             f"init_from checkpoint {init_from} has a different encoder config than {config.output_dir} "
-            f"beyond the option fields ({', '.join(OPTION_FIELDS)})"
+            f"beyond the option fields ({', '.join(OPTION_FIELDS)}) and the encoder LoRA's rank"
         )
+    _check_lora_growth(saved.encoder_lora, config.encoder.encoder_lora, init_from)
     if saved.teacher_rotation != config.encoder.teacher_rotation or config.encoder.truncate_dim:
         raise ValueError("a warm start cannot change teacher_rotation or train with truncate_dim set")
     # Built once, with the new options, and given the checkpoint's tensors: no second encoder
@@ -191,6 +195,26 @@ def _encoder_from(
     fresh = encoder.warm_start_from_checkpoint(init_from)
     logger.info("warm start from %s; option modules starting fresh: %s", init_from, fresh or "none")
     return encoder
+
+
+def _check_lora_growth(
+    saved: EncoderLoraConfig | None, target: EncoderLoraConfig | None, init_from: Path
+) -> None:
+    """A warm start may give the encoder LoRA a larger rank (or another alpha), nothing else:
+    the trained adapter is embedded in the larger one, computing the same update."""
+    if saved == target:
+        return
+    if saved is None or target is None:
+        raise ValueError(
+            f"init_from checkpoint {init_from}: a warm start cannot add or remove the encoder LoRA"
+        )
+    same = {"dropout", "target_modules"}
+    if saved.model_dump(include=same) != target.model_dump(include=same) or target.r < saved.r:
+        raise ValueError(
+            f"init_from checkpoint {init_from}: its encoder LoRA (r {saved.r}, dropout {saved.dropout}, "
+            f"on {list(saved.target_modules)}) can only grow in rank or change alpha, not become "
+            f"r {target.r}, dropout {target.dropout}, on {list(target.target_modules)}"
+        )
 
 
 def _baselines(config: TrainConfig, backbone: LoadedBackbone, trained: L2VGEncoder) -> dict[str, Any]:
