@@ -457,6 +457,12 @@ def test_scoring_against_a_fixed_table(tmp_path: Path) -> None:
     assert out["mean"]["table"]["recall@1"] == pytest.approx((0.5 + 0.0) / 2)
     assert out["mean"]["table"]["mrr"] == pytest.approx((1.0 + 0.5) / 2)
     assert out["by_language"]["perl"]["table"]["ndcg@10"] == pytest.approx(ndcg_a)
+    # Every query's nDCG@10 is kept, and the interval of the mean is built from them.
+    assert out["per_query_ndcg@10"]["table"] == pytest.approx({"a": ndcg_a, "b": ndcg_b}, abs=1e-6)
+    low, high = out["ci95"]["mean_ndcg@10"]["table"]
+    assert low == pytest.approx(min(ndcg_a, ndcg_b), abs=1e-6) and high == pytest.approx(
+        max(ndcg_a, ndcg_b), abs=1e-6
+    )
 
 
 def test_select_keeps_relevant_passages_and_is_deterministic(
@@ -513,6 +519,11 @@ def test_lineup_on_tiny_encoder(tmp_path: Path, tiny_encoder: L2VGEncoder) -> No
         assert result["subset_mean"][key] == pytest.approx(subset), key
     ratio = ratio_to_gte(result, "l2vg-gen-docs")
     assert ratio is not None and ratio["n_queries"] == 2
+    per = result["subset_per_query_ndcg@10"]
+    assert set(per["generate-then-encode"]) == chosen == set(per["l2vg-gen-docs"])
+    gte_total = sum(per["generate-then-encode"].values())
+    # The interval is paired over the subset's queries; without a denominator there is none.
+    assert (ratio["ndcg@10_ci95"] is None) == (gte_total == 0)
 
 
 def test_cli_qa_bm25_and_report(tmp_path: Path) -> None:

@@ -223,6 +223,10 @@ def bright(
     )
 
 
+def _ci_text(ci: list[float] | None) -> str:
+    return f" [95% {ci[0]:.3f}-{ci[1]:.3f}]" if ci else ""
+
+
 def _run_qa(
     l2vg: Any,
     *,
@@ -280,15 +284,18 @@ def _run_qa(
         "dims": dims_summary(retrievers, dims or [], n_documents=len(qa.passages)),
     }
     path = write_results(name, payload, out_dir)
+    intervals = result["ci95"]["mean_ndcg@10"]
     for key, m in result["mean"].items():
+        ci = intervals.get(key)
         console.print(
-            f"  {key:22s} nDCG@10 {m['ndcg@10']:.3f}  R@1 {m['recall@1']:.3f}  R@10 {m['recall@10']:.3f}  "
-            f"R@100 {m['recall@100']:.3f}  MRR {m['mrr']:.3f}"
+            f"  {key:22s} nDCG@10 {m['ndcg@10']:.3f}{_ci_text(ci)}  R@1 {m['recall@1']:.3f}  "
+            f"R@10 {m['recall@10']:.3f}  R@100 {m['recall@100']:.3f}  MRR {m['mrr']:.3f}"
         )
     if payload["ratio_to_gte"] and payload["ratio_to_gte"]["ndcg@10"] is not None:
         console.print(
             f"  {l2vg_key} / generate-then-encode on {result['subset_queries']} queries: "
             f"nDCG@10 x{payload['ratio_to_gte']['ndcg@10']:.2f}"
+            f"{_ci_text(payload['ratio_to_gte'].get('ndcg@10_ci95'))}"
         )
     check = payload["held_out_check"]
     if check and check["overlapping_rows"]:

@@ -39,6 +39,7 @@ from ..safety import (
     fit_screen,
     roc_auc,
 )
+from .stats import mean_rate_over_groups_ci
 
 CALIBRATION = "calibration"
 HELD_OUT = "benchmark"
@@ -87,12 +88,20 @@ def _summary(per_category: Mapping[str, Mapping[str, Any]], key: str = "recall")
     if not measured:
         return {"mean": None, "min": None, "worst_category": None, "n_categories": 0}
     worst = min(measured, key=lambda c: measured[c])
+    counts = {
+        c: (round(measured[c] * per_category[c]["n_harmful"]), per_category[c]["n_harmful"])
+        for c in measured
+        if per_category[c].get("n_harmful")
+    }
     return {
         "mean": float(np.mean(list(measured.values()))),
         "min": measured[worst],
         "worst_category": worst,
         "below_half": sorted(c for c, v in measured.items() if v < TARGETS["min_category_recall"]),
         "n_categories": len(measured),
+        # How far the mean could move: over other texts of these categories, and over
+        # other categories like these (bench/stats.py).
+        "ci95": mean_rate_over_groups_ci(counts) if key == "recall" else None,
     }
 
 
@@ -515,7 +524,17 @@ def generalisation_markdown(report: Mapping[str, Any]) -> str:
     )
     fpr = loco["screen"]["benign_fpr"]
     g_fpr = main["benign_fpr"]
+
+    def interval(summary: Mapping[str, Any], which: str) -> str:
+        ci = (summary.get("ci95") or {}).get(which)
+        return "–" if ci is None else f"{100 * ci[0]:.0f}–{100 * ci[1]:.0f}%"
+
+    gate_s, screen_s = main["recall"], loco["screen"]["recall"]
     lines += [
+        "",
+        "95% intervals of the left-out means (bootstrap; thresholds fixed): over other texts of these "
+        f"categories, gate {interval(gate_s, 'items')}, screen {interval(screen_s, 'items')}; over other "
+        f"categories like these, gate {interval(gate_s, 'groups')}, screen {interval(screen_s, 'groups')}.",
         "",
         "Benign false positives on the held-out split, mean (worst) over the folds: "
         + "screen "

@@ -90,6 +90,21 @@ def evaluate_run(
     (> 0 is relevant). Returns ``ndcg@k``, ``recall@k`` and ``mrr@k`` for each k, plus
     ``mrr`` over the whole ranking and ``n_queries``.
     """
+    per_query = evaluate_queries(run, qrels, excluded, k_values)
+    names = next(iter(per_query.values())).keys()
+    means = {name: sum(r[name] for r in per_query.values()) / len(per_query) for name in names}
+    means["n_queries"] = float(len(per_query))
+    return means
+
+
+def evaluate_queries(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    excluded: Mapping[str, Iterable[str]] | None = None,
+    k_values: Sequence[int] = DEFAULT_K_VALUES,
+) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_run`'s metrics for each query of ``qrels`` (for intervals and paired
+    comparisons), in the order of ``qrels``."""
     if not qrels:
         raise ValueError("qrels is empty: there is nothing to evaluate")
     excluded = excluded or {}
@@ -108,7 +123,4 @@ def evaluate_run(
             row[f"recall@{k}"] = recall_at_k(ranking, judged, k)
             row[f"mrr@{k}"] = mrr_at_k(ranking, judged, k)
         per_query[qid] = row
-    names = next(iter(per_query.values())).keys()
-    means = {name: sum(r[name] for r in per_query.values()) / len(per_query) for name in names}
-    means["n_queries"] = float(len(per_query))
-    return means
+    return per_query

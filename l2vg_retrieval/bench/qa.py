@@ -21,12 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import evaluate_run
+from .metrics import evaluate_queries, evaluate_run
 from .qa_data import QASet, describe, load_qa, pool_overlap, sample_order
+from .stats import mean_ci, ratio_of_means_ci
 
 TOP_K = 1000
 K_VALUES = (1, 10, 100)
 HEADLINE_METRICS = ("ndcg@10", "recall@1", "recall@10", "recall@100", "mrr")
+PRIMARY = "ndcg@10"
 DEFAULT_GTE_QUERIES = 100
 DEFAULT_POOL_DIR = Path("data") / "queries"
 POOL_FILES = ("queries.train.jsonl", "queries.heldout.jsonl")
@@ -83,11 +85,13 @@ def _evaluate(
         top = np.argpartition(-row, keep - 1)[:keep]
         run[query["id"]] = {passage_ids[i]: float(row[i]) for i in top}
         qrels[query["id"]] = dict.fromkeys(query["relevant"], 1)
-    out = {"all": evaluate_run(run, qrels, k_values=K_VALUES)}
+    per_query = evaluate_queries(run, qrels, k_values=K_VALUES)
+    out: dict[str, Any] = {"all": evaluate_run(run, qrels, k_values=K_VALUES)}
     for lang in LANGUAGES:
         ids = [q["id"] for q in queries if language(q.get("source", "")) == lang]
         if ids:
             out[lang] = evaluate_run({i: run[i] for i in ids}, {i: qrels[i] for i in ids}, k_values=K_VALUES)
+    out["per_query"] = {qid: round(row[PRIMARY], 6) for qid, row in per_query.items()}
     return out
 
 
@@ -112,8 +116,9 @@ def run_qa(
     position = {q["id"]: i for i, q in enumerate(qa.queries)}
     chosen = set(subset_ids(qa.queries, subset_queries)) if subset_queries is not None else set()
     sub_queries = [q for q in qa.queries if q["id"] in chosen]
-    full: dict[str, dict[str, dict[str, float]]] = {}
+    full: dict[str, dict[str, Any]] = {}
     subset: dict[str, dict[str, float]] = {}
+    subset_per_query: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     for key, retriever in retrievers.items():
         start = time.perf_counter()
@@ -133,7 +138,8 @@ def run_qa(
             full[key] = _evaluate(scores, queries, passage_ids, top_k)
         if subset_queries is not None:
             rows = scores if only_subset else scores[[position[q["id"]] for q in sub_queries]]
-            subset[key] = _evaluate(rows, sub_queries, passage_ids, top_k)["all"]
+            evaluated = _evaluate(rows, sub_queries, passage_ids, top_k)
+            subset[key], subset_per_query[key] = evaluated["all"], evaluated["per_query"]
         seconds[key] = round(time.perf_counter() - start, 3)
     return {
         "mean": {k: v["all"] for k, v in full.items()},
@@ -141,6 +147,13 @@ def run_qa(
         "subset_queries": len(sub_queries) if subset_queries is not None else None,
         "subset_ids": sorted(chosen),
         "subset_mean": subset,
+        # nDCG@10 of every query, for intervals and paired comparisons between runs.
+        f"per_query_{PRIMARY}": {k: v["per_query"] for k, v in full.items()},
+        f"subset_per_query_{PRIMARY}": subset_per_query,
+        "ci95": {
+            f"mean_{PRIMARY}": {k: mean_ci(list(v["per_query"].values())) for k, v in full.items()},
+            f"subset_mean_{PRIMARY}": {k: mean_ci(list(v.values())) for k, v in subset_per_query.items()},
+        },
         "seconds": seconds,
         "counts": describe(qa.queries, qa.passages),
         "instruction": instruction,
@@ -155,11 +168,19 @@ def ratio_to_gte(result: dict[str, Any], l2vg_key: str) -> dict[str, Any] | None
     if l2vg_key not in sub or "generate-then-encode" not in sub:
         return None
     mine, gte = sub[l2vg_key], sub["generate-then-encode"]
-    return {
+    ratio: dict[str, Any] = {
         "model": l2vg_key,
         "n_queries": result.get("subset_queries"),
         **{m: (mine[m] / gte[m] if gte[m] else None) for m in HEADLINE_METRICS},
     }
+    per_query = result.get(f"subset_per_query_{PRIMARY}") or {}
+    if l2vg_key in per_query and "generate-then-encode" in per_query:
+        ids = list(per_query["generate-then-encode"])
+        # Paired: both systems' nDCG@10 of one query are resampled together.
+        ratio[f"{PRIMARY}_ci95"] = ratio_of_means_ci(
+            [per_query[l2vg_key][i] for i in ids], [per_query["generate-then-encode"][i] for i in ids]
+        )
+    return ratio
 
 
 def held_out_check(qa: QASet, pool_dir: str | Path = DEFAULT_POOL_DIR) -> dict[str, Any] | None:
