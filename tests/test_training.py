@@ -540,6 +540,16 @@ def test_run_training_end_to_end_writes_every_stage(uninterrupted_run: tuple[Pat
     assert -1.0 <= heldout["models"]["l2vg-trained"]["response_text_cosine"] <= 1.0
     assert "response_text_cosine" not in heldout["models"]["teacher(query)"]
     assert "| l2vg-trained |" in (run / "heldout_eval.md").read_text()
+    # The student against the trivial predictor, paired over the same held-out queries.
+    versus = heldout["alignment_vs_trivial"]
+    trained, trivial = heldout["models"]["l2vg-trained"], heldout["models"]["teacher(query)"]
+    assert versus["mean_difference"] == pytest.approx(
+        trained["alignment_cosine"] - trivial["alignment_cosine"]
+    )
+    assert versus["ci95"][0] <= versus["mean_difference"] <= versus["ci95"][1]
+    low, high = trained["alignment_cosine_ci95"]
+    assert low <= trained["alignment_cosine"] <= high
+    assert "trivial predictor" in (run / "heldout_eval.md").read_text()
     assert json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(summary))
     # The final checkpoint loads through the public API and records the run.
     final = L2VGEncoder.from_pretrained(run / "final", dtype="float32")

@@ -19,6 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from ..bench.stats import mean_ci
+
+# The trivial predictor the student must beat: the teacher's embedding of the query itself.
+TRIVIAL = "teacher(query)"
+
 
 def retrieval_scores(queries: np.ndarray, responses: np.ndarray) -> dict[str, float]:
     """Row i of ``queries`` is relevant to row i of ``responses`` only (unit vectors)."""
@@ -49,6 +54,7 @@ def evaluate_heldout(
     responses = [r["response"].strip() or r["query"] for r in rows]
     response_vecs = teacher.encode(responses, batch_size=64)
     report: dict[str, Any] = {"n_queries": len(rows), "models": {}}
+    per_query: dict[str, np.ndarray] = {}
 
     def score(name: str, model: Any, *, same_space: bool) -> None:
         q = model.encode_query(queries, batch_size=batch_size)
@@ -57,7 +63,9 @@ def evaluate_heldout(
         docs = response_vecs if same_space else model.encode_document(responses, batch_size=batch_size)
         entry = retrieval_scores(q, docs)
         if same_space:
-            entry["alignment_cosine"] = float(np.mean(np.sum(q * response_vecs, axis=1)))
+            per_query[name] = np.sum(q * response_vecs, axis=1)
+            entry["alignment_cosine"] = float(np.mean(per_query[name]))
+            entry["alignment_cosine_ci95"] = mean_ci(per_query[name])
         report["models"][name] = entry
 
     score("l2vg-trained", encoder, same_space=True)
@@ -67,11 +75,25 @@ def evaluate_heldout(
     )
     for name, model in (baselines or {}).items():
         score(name, model, same_space=name.startswith(("l2vg", "teacher")))
+    if TRIVIAL in per_query:
+        report["alignment_vs_trivial"] = alignment_difference(per_query["l2vg-trained"], per_query[TRIVIAL])
     if n_decode:
         report["decoded"], report["decode_teacher_cosine"] = decode_agreement(
             encoder, queries[:n_decode], responses[:n_decode], teacher=teacher
         )
     return report
+
+
+def alignment_difference(student: np.ndarray, trivial: np.ndarray) -> dict[str, Any]:
+    """The student's alignment cosine minus the trivial predictor's, query by query (paired:
+    both are scored against the same response), with its 95% interval: whether the student
+    beats the teacher's embedding of the query, and by more than the sample could move it."""
+    diff = np.asarray(student, dtype=np.float64) - np.asarray(trivial, dtype=np.float64)
+    return {
+        "mean_difference": float(diff.mean()),
+        "ci95": mean_ci(diff),
+        "student_better_on": float((diff > 0).mean()),
+    }
 
 
 def curve_evaluator(rows: list[dict[str, Any]], *, teacher: Any, batch_size: int = 64) -> Any:
@@ -130,5 +152,14 @@ def format_table(report: dict[str, Any]) -> str:
             "",
             f"The trained encoder's own vector of each *response text* (document prompt) has cosine "
             f"{own:.3f} to the teacher's vector of it: the reference for its query-side alignment.",
+        ]
+    versus = report.get("alignment_vs_trivial")
+    if versus is not None and versus["ci95"] is not None:
+        low, high = versus["ci95"]
+        lines += [
+            "",
+            f"Alignment against the teacher's embedding of the query itself (the trivial predictor), "
+            f"paired over the queries: {versus['mean_difference']:+.3f} (95% interval {low:+.3f} to "
+            f"{high:+.3f}); the student is closer on {100 * versus['student_better_on']:.0f}% of them.",
         ]
     return "\n".join(lines)
