@@ -551,6 +551,9 @@ def test_cli_qa_bm25_and_report(tmp_path: Path) -> None:
     report = write_report(tmp_path / "r", tmp_path / "docs")
     text = report.read_text()
     assert "## QA retrieval" in text and "benchmarks_qa.png" in text
+    # BM25 ranks every fixture answer first: a mean of 1 with no spread, reported as such.
+    assert data["ci95"]["mean_ndcg@10"]["bm25"] == [1.0, 1.0]
+    assert "1.000 (1.000–1.000)" in text and "95% bootstrap interval" in text
     assert (tmp_path / "docs" / "benchmarks_qa.png").stat().st_size > 0
     bad = runner.invoke(app, ["bench", "qa", "--models", "bm25", "--data", str(tmp_path / "nowhere")])
     assert bad.exit_code == 2

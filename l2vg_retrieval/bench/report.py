@@ -32,6 +32,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _with_interval(value: float | None, interval: list[float] | None) -> str:
+    """A mean with its 95% interval, for a table cell."""
+    if interval is None:
+        return _fmt(value)
+    return f"{_fmt(value)} ({interval[0]:.3f}–{interval[1]:.3f})"
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
@@ -59,7 +66,15 @@ def _meta_line(data: dict[str, Any]) -> str:
     return text
 
 
-def _bar_png(path: Path, title: str, labels: list[str], series: dict[str, list[float]], ylabel: str) -> None:
+def _bar_png(
+    path: Path,
+    title: str,
+    labels: list[str],
+    series: dict[str, list[float]],
+    ylabel: str,
+    intervals: dict[str, list[list[float] | None]] | None = None,
+) -> None:
+    """Grouped bars; ``intervals[name][i]`` (``[low, high]``) draws an error bar on a bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +85,17 @@ def _bar_png(path: Path, title: str, labels: list[str], series: dict[str, list[f
     width = 0.8 / max(1, len(series))
     x = np.arange(len(labels))
     for i, (name, values) in enumerate(series.items()):
-        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=name)
+        where = x + i * width - 0.4 + width / 2
+        ax.bar(where, values, width, label=name)
+        bounds = (intervals or {}).get(name)
+        if bounds:
+            have = [j for j, b in enumerate(bounds) if b is not None]
+            error = np.array(
+                [[values[j] - bounds[j][0] for j in have], [bounds[j][1] - values[j] for j in have]]
+            )
+            ax.errorbar(
+                where[have], [values[j] for j in have], yerr=error, fmt="none", ecolor="black", capsize=2
+            )
     ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -190,10 +215,12 @@ def section_qa(data: dict[str, Any], docs: Path) -> str:
     keys = ordered_keys(list(mean))
     counts = data.get("counts") or {}
     rel = counts.get("relevant_per_query") or {}
+    ci = (data.get("ci95") or {}).get("mean_ndcg@10") or {}
     rows = [
         [
             model_label(k),
-            *[mean[k][m] for m in ("ndcg@10", "recall@1", "recall@10", "recall@100", "mrr")],
+            _with_interval(mean[k]["ndcg@10"], ci.get(k)),
+            *[mean[k][m] for m in ("recall@1", "recall@10", "recall@100", "mrr")],
             by_lang.get("perl", {}).get(k, {}).get("ndcg@10"),
             by_lang.get("python", {}).get(k, {}).get("ndcg@10"),
         ]
@@ -218,21 +245,38 @@ def section_qa(data: dict[str, Any], docs: Path) -> str:
             f"Same models on the {data['subset_queries']} queries where generate-then-encode ran "
             "(a fixed sample):"
         )
+        sub_ci = (data.get("ci95") or {}).get("subset_mean_ndcg@10") or {}
         out.append(
             _table(
                 ["model", "nDCG@10", "R@10", "MRR"],
                 [
-                    [model_label(k), sub[k]["ndcg@10"], sub[k]["recall@10"], sub[k]["mrr"]]
+                    [
+                        model_label(k),
+                        _with_interval(sub[k]["ndcg@10"], sub_ci.get(k)),
+                        sub[k]["recall@10"],
+                        sub[k]["mrr"],
+                    ]
                     for k in ordered_keys(list(sub))
                 ],
             )
         )
     ratio = data.get("ratio_to_gte")
     if ratio and ratio.get("ndcg@10") is not None:
+        ratio_ci = ratio.get("ndcg@10_ci95")
         out.append(
             f"{model_label(ratio['model'])} (the encoder's default document mode) / generate-then-encode "
-            f"on those {ratio['n_queries']} queries: nDCG@10 ×{ratio['ndcg@10']:.2f}, "
-            f"R@10 ×{_fmt(ratio.get('recall@10'), 2)}, MRR ×{_fmt(ratio.get('mrr'), 2)}."
+            f"on those {ratio['n_queries']} queries: nDCG@10 ×{ratio['ndcg@10']:.2f}"
+            + (
+                f" (95% interval ×{ratio_ci[0]:.2f} to ×{ratio_ci[1]:.2f}, paired over the queries)"
+                if ratio_ci
+                else ""
+            )
+            + f", R@10 ×{_fmt(ratio.get('recall@10'), 2)}, MRR ×{_fmt(ratio.get('mrr'), 2)}."
+        )
+    if ci:
+        out.append(
+            "nDCG@10 cells give the mean and, in brackets, its 95% bootstrap interval over the questions "
+            "(`bench/stats.py`): two models whose intervals overlap this much may not differ."
         )
     check = data.get("held_out_check")
     if check is not None:
@@ -248,6 +292,7 @@ def section_qa(data: dict[str, Any], docs: Path) -> str:
         [model_label(k) for k in keys],
         {m: [mean[k][key] for k in keys] for m, key in (("nDCG@10", "ndcg@10"), ("Recall@10", "recall@10"))},
         "score",
+        intervals={"nDCG@10": [ci.get(k) for k in keys]} if ci else None,
     )
     out.append(f"![QA retrieval]({png.name})")
     return "\n\n".join(out)
@@ -396,10 +441,12 @@ def headline(all_results: dict[str, dict[str, Any]]) -> str | None:
     sub = qa.get("subset_mean") or {}
     if ratio.get("ndcg@10") is not None:
         key = ratio["model"]
+        ratio_ci = ratio.get("ndcg@10_ci95")
         lines.append(
             f"- **QA quality** ({model_label(key)}): nDCG@10 {sub[key]['ndcg@10']:.3f} vs "
             f"{sub['generate-then-encode']['ndcg@10']:.3f} for generate-then-encode on the same "
-            f"{ratio['n_queries']} FAQ questions = {100 * ratio['ndcg@10']:.0f}% of its quality."
+            f"{ratio['n_queries']} FAQ questions = {100 * ratio['ndcg@10']:.0f}% of its quality"
+            + (f" (95% interval {100 * ratio_ci[0]:.0f}–{100 * ratio_ci[1]:.0f}%)." if ratio_ci else ".")
         )
     suite = all_results.get("mteb", {}).get("subset_scores") or {}
     if "generate-then-encode" in suite:
