@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from l2vg_retrieval.bench.harmful_loco import _summary
-from l2vg_retrieval.bench.stats import mean_ci, mean_rate_over_groups_ci, ratio_of_means_ci
+from l2vg_retrieval.bench.stats import (
+    mean_ci,
+    mean_rate_over_groups_ci,
+    paired_rate_difference_ci,
+    ratio_of_means_ci,
+)
 
 
 def test_mean_interval_matches_the_normal_approximation_and_narrows_with_more_items() -> None:
@@ -59,3 +64,21 @@ def test_leave_one_category_out_summary_carries_the_intervals() -> None:
     summary = _summary(per)
     assert summary["mean"] == pytest.approx(0.75) and summary["n_categories"] == 2
     assert summary["ci95"] == mean_rate_over_groups_ci({"x": (18, 20), "y": (6, 10)})
+
+
+def test_paired_difference_cancels_what_both_variants_share() -> None:
+    rng = np.random.default_rng(3)
+    base = {g: "".join(rng.choice(["0", "1"], size=20)) for g in "abcdef"}
+    same = paired_rate_difference_ci(base, base)
+    assert same["mean_difference"] == 0.0 and same["ci95"] == [0.0, 0.0] and same["groups"] == 6
+    # One more item caught per group: +5 points, an interval that excludes zero, and far
+    # narrower than either mean's own interval.
+    better = {g: "1" + s[1:] if s[0] == "0" else s.replace("0", "1", 1) for g, s in base.items()}
+    result = paired_rate_difference_ci(better, base)
+    assert result["mean_difference"] == pytest.approx(0.05)
+    assert 0 < result["ci95"][0] <= 0.05 <= result["ci95"][1]
+    counts = {g: (s.count("1"), len(s)) for g, s in base.items()}
+    own = mean_rate_over_groups_ci(counts)["items"]
+    assert result["ci95"][1] - result["ci95"][0] < 0.5 * (own[1] - own[0])
+    with pytest.raises(ValueError, match="different items"):
+        paired_rate_difference_ci({"a": "101"}, {"a": "10"})

@@ -22,6 +22,7 @@ from l2vg_retrieval.bench.harmful_loco import (
     screen_variant_line,
     screen_variant_record,
 )
+from l2vg_retrieval.bench.stats import paired_rate_difference_ci
 from l2vg_retrieval.safety import SafetyFeatures
 from l2vg_retrieval.safety_data import LabelledText
 
@@ -197,6 +198,19 @@ def test_the_refusal_signal_carries_a_category_the_embedding_never_saw() -> None
     # Each category's harm lies on its own axis: held out, the probe has no weight there.
     assert all(without[c]["recall"] < 0.5 for c in CATEGORIES)
     assert all(with_[c]["recall"] > 0.9 for c in CATEGORIES)
+    # Each row's outcome is kept, so the two variants compare pair by pair: the signal's
+    # gain is far outside the paired interval's reach of zero.
+    for c in CATEGORIES:
+        caught = with_[c]["caught"]
+        assert len(caught) == with_[c]["n_harmful"] and caught.count("1") / len(caught) == with_[c]["recall"]
+    gain = paired_rate_difference_ci(
+        {c: with_[c]["caught"] for c in CATEGORIES}, {c: without[c]["caught"] for c in CATEGORIES}
+    )
+    assert gain["ci95"][0] > 0.3 and gain["groups"] == len(CATEGORIES)
+    assert (
+        report["refusal_signal_contribution"]["leave_one_category_out"]["mean_recall_delta_ci95"]
+        == gain["ci95"]
+    )
     delta = report["refusal_signal_contribution"]["leave_one_category_out"]
     assert delta["mean_recall_delta"] > 0.5 and set(delta["recall_delta_per_category"]) == set(CATEGORIES)
     summary = loco["gate"]["without_refusal_signal"]["recall"]

@@ -39,7 +39,7 @@ from ..safety import (
     fit_screen,
     roc_auc,
 )
-from .stats import mean_rate_over_groups_ci
+from .stats import mean_rate_over_groups_ci, paired_rate_difference_ci
 
 CALIBRATION = "calibration"
 HELD_OUT = "benchmark"
@@ -132,6 +132,9 @@ def _category_metrics(
     return {
         "recall": _rate(flagged[harm]),
         "n_harmful": int(harm.sum()),
+        # Each harmful row's outcome in row order ("1" caught), so two variants measured on
+        # the same rows can be compared pair by pair (bench/stats.paired_rate_difference_ci).
+        "caught": "".join("1" if f else "0" for f in flagged[harm]),
         "lookalike_fpr": _rate(flagged[look]),
         "n_lookalike": int(look.sum()),
         "auc": None if np.isnan(auc) else auc,
@@ -373,9 +376,15 @@ def refusal_contribution(loco: Mapping[str, Any]) -> dict[str, Any]:
         a, b = with_[c].get("recall"), without[c].get("recall")
         per[c] = None if a is None or b is None else a - b
     measured = [v for v in per.values() if v is not None]
+    paired = paired_rate_difference_ci(
+        {c: m.get("caught", "") for c, m in with_.items()},
+        {c: m.get("caught", "") for c, m in without.items()},
+    )
     return {
         "recall_delta_per_category": per,
         "mean_recall_delta": float(np.mean(measured)) if measured else None,
+        # Paired over the same requests: what the signal adds, beyond what the sample can move.
+        "mean_recall_delta_ci95": paired["ci95"],
         "lookalike_fpr_delta_per_category": {
             c: (
                 None
