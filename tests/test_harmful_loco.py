@@ -246,6 +246,7 @@ def test_screen_variant_record_and_line_summarise_one_loco_screen() -> None:
     record = screen_variant_record(screen)
     assert record["per_category"] == {c: screen["per_category"][c]["recall"] for c in CATEGORIES}
     assert record["recall"] == screen["recall"] and record["benign_fpr"] == screen["benign_fpr"]
+    assert record["caught"] == {c: screen["per_category"][c]["caught"] for c in CATEGORIES}
     assert set(record["variant_per_fold"]) == set(CATEGORIES)
     assert set(record["variant_per_fold"].values()) <= {"generative", "teacher"}
     line = screen_variant_line("probe", screen)

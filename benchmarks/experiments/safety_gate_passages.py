@@ -29,6 +29,7 @@ import numpy as np
 
 from l2vg_retrieval import L2VGEncoder
 from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
+from l2vg_retrieval.bench.stats import paired_rate_difference_ci
 from l2vg_retrieval.safety import ProbeKind, SafetyFeatures, featurize
 from l2vg_retrieval.safety_data import categories_in, load_benchmark_set, load_calibration_set
 
@@ -141,9 +142,11 @@ def gate_variants(variants: dict[str, GeneralisationEvaluator], *, with_auc: boo
     """Each evaluator's leave-one-category-out gate (with the refusal signal): recall,
     benign false positives and per-category recall and look-alike FPR (with ``with_auc``
     also each left-out category's AUC against the held-out benign rows, and their mean: the
-    ranking, whatever the threshold); printed as it goes."""
+    ranking, whatever the threshold); printed as it goes. Every variant after the first is
+    also compared with the first pair by pair (the same requests; ``paired_vs_first``: the
+    difference in mean left-out recall with its 95% interval)."""
     out: dict[str, Any] = {}
-    keys = ("recall", "lookalike_fpr", "auc") if with_auc else ("recall", "lookalike_fpr")
+    keys = ("recall", "lookalike_fpr", "caught", "auc") if with_auc else ("recall", "lookalike_fpr", "caught")
     for name, evaluator in variants.items():
         gate = evaluator.leave_one_category_out(refusal_variants=(True,))["gate"]["with_refusal_signal"]
         out[name] = {
@@ -156,6 +159,15 @@ def gate_variants(variants: dict[str, GeneralisationEvaluator], *, with_auc: boo
             aucs = [m["auc"] for m in gate["per_category"].values() if m["auc"] is not None]
             out[name]["auc_mean"] = float(np.mean(aucs))
             line += f" | AUC {out[name]['auc_mean']:.4f}"
+        first = next(iter(out.values()))
+        if out[name] is not first:
+            paired = paired_rate_difference_ci(
+                {c: m["caught"] for c, m in out[name]["per_category"].items()},
+                {c: m["caught"] for c, m in first["per_category"].items()},
+            )
+            out[name]["paired_vs_first"] = paired
+            low, high = paired["ci95"]
+            line += f" | vs first {paired['mean_difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
         print(line, flush=True)
     return out
 

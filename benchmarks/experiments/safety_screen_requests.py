@@ -35,6 +35,7 @@ from l2vg_retrieval.bench.harmful_loco import (
     screen_variant_line,
     screen_variant_record,
 )
+from l2vg_retrieval.bench.stats import paired_rate_difference_ci
 from l2vg_retrieval.safety import SafetyFeatures, doc_probe_features, fit_screen
 from l2vg_retrieval.safety_data import categories_in, load_benchmark_set, load_calibration_set
 
@@ -180,14 +181,20 @@ def loco_inputs(cache: Path) -> LocoInputs:
 
 
 def write_screen_report(out: str, command: str, results: dict[str, Any], **extra: Any) -> None:
-    """Print one line per screen variant and write them, with ``extra`` fields, to ``out``."""
+    """Print one line per screen variant and write them, with ``extra`` fields, to ``out``.
+    Every variant after the first is compared with the first pair by pair (the same
+    passages; ``paired_vs_first``: the difference in mean left-out recall, 95% interval)."""
+    records = {k: screen_variant_record(v) for k, v in results.items()}
+    first = next(iter(records.values()))
     for name, screen in results.items():
-        print(screen_variant_line(name, screen), flush=True)
-    report = {
-        "command": command,
-        **extra,
-        "variants": {k: screen_variant_record(v) for k, v in results.items()},
-    }
+        line = screen_variant_line(name, screen)
+        if records[name] is not first:
+            paired = paired_rate_difference_ci(records[name]["caught"], first["caught"])
+            records[name]["paired_vs_first"] = paired
+            low, high = paired["ci95"]
+            line += f" | vs first {paired['mean_difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
+        print(line, flush=True)
+    report = {"command": command, **extra, "variants": records}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=1, default=str) + "\n")
 

@@ -339,12 +339,13 @@ def _mean_fpr(per_fold: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, 
 
 def screen_variant_record(screen: Mapping[str, Any]) -> dict[str, Any]:
     """What an experiment keeps of one leave-one-category-out screen result: recall summary,
-    recall and look-alike FPR per category, benign FPR per family, the variant (document
-    space) each fold kept."""
+    recall, each harmful passage's outcome and look-alike FPR per category, benign FPR per
+    family, the variant (document space) each fold kept."""
     per = screen["per_category"]
     return {
         "recall": screen["recall"],
         "per_category": {c: m.get("recall") for c, m in per.items()},
+        "caught": {c: m["caught"] for c, m in per.items() if m.get("caught")},
         "lookalike_fpr": {c: m.get("lookalike_fpr") for c, m in per.items()},
         "benign_fpr": screen["benign_fpr"],
         "variant_per_fold": screen.get("doc_space_per_fold", {}),
