@@ -586,39 +586,27 @@ def test_init_from_with_other_options_warm_starts_them_and_other_changes_are_ref
     assert trained.config.exit_layer == 1
     moved = _weights(tmp_path / "exit" / "run" / "final")
     assert set(moved) == set(started) and any(not torch.equal(moved[k], started[k]) for k in started)
-    # A change outside the option fields (the token counts) cannot reuse the tensors.
-    raw["encoder"]["exit_layer"] = None
-    raw["encoder"]["n_compression"] = 4
-    raw["output_dir"] = "run2"
-    path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ValueError, match="beyond the option fields"):
-        run_training(
-            load_train_config(path),
-            init_from=run / "final",
-            evaluate_baselines=False,
-            show_progress_bar=False,
+
+    def rerun(output_dir: str, **encoder: object) -> dict[str, object]:
+        raw["encoder"].update(encoder)
+        raw["output_dir"] = output_dir
+        path.write_text(yaml.safe_dump(raw))
+        config = load_train_config(path)
+        return run_training(
+            config, init_from=run / "final", evaluate_baselines=False, show_progress_bar=False
         )
+
+    # A change outside the option fields (the token counts) cannot reuse the tensors.
+    with pytest.raises(ValueError, match="beyond the option fields"):
+        rerun("run2", exit_layer=None, n_compression=4)
     # The encoder LoRA may grow in rank (it starts as the checkpoint's adapter), not shrink.
-    raw["encoder"]["n_compression"] = started_config["n_compression"]
     lora = raw["encoder"]["encoder_lora"]
-    raw["encoder"]["encoder_lora"] = {**lora, "r": 2 * lora["r"], "alpha": 2 * lora["alpha"]}
-    raw["output_dir"] = "run3"
-    path.write_text(yaml.safe_dump(raw))
-    summary = run_training(
-        load_train_config(path), init_from=run / "final", evaluate_baselines=False, show_progress_bar=False
-    )
+    doubled = {**lora, "r": 2 * lora["r"], "alpha": 2 * lora["alpha"]}
+    summary = rerun("run3", n_compression=started_config["n_compression"], encoder_lora=doubled)
     grown = L2VGEncoder.from_pretrained(tmp_path / "exit" / "run3" / "final", dtype="float32")
     assert grown.config.encoder_lora.r == 2 * lora["r"] and summary["steps"] == 2
-    raw["encoder"]["encoder_lora"] = {**lora, "r": 1}
-    raw["output_dir"] = "run4"
-    path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="can only grow"):
-        run_training(
-            load_train_config(path),
-            init_from=run / "final",
-            evaluate_baselines=False,
-            show_progress_bar=False,
-        )
+        rerun("run4", encoder_lora={**lora, "r": 1})
 
 
 _STALLING_TRAIN = textwrap.dedent(

@@ -62,11 +62,13 @@ def ratio_of_means_ci(
         return None
 
     def ratio(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-        # A resample whose denominator is all zeros has no ratio; NaN drops out below.
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.mean(x, axis=axis) / np.mean(y, axis=axis)
 
-    return _bootstrap((a, b), ratio, level=level, seed=seed, paired=True)
+    interval = _bootstrap((a, b), ratio, level=level, seed=seed, paired=True)
+    # A resample whose denominator is all zeros has no ratio: with a denominator that is
+    # almost always zero there is no interval to give.
+    return None if any(np.isnan(interval)) or any(np.isinf(interval)) else interval
 
 
 def mean_rate_over_groups_ci(
@@ -79,7 +81,7 @@ def mean_rate_over_groups_ci(
     (stratified): how far another sample of texts from the *same* categories could move
     the mean. ``groups``: the groups' rates resampled as a sample of groups: how far the
     mean could move for another set of categories like these, the uncertainty of "harm
-    nobody anticipated" (wide with 15 categories, and it does not include the first).
+    nobody anticipated" (wide with 15 categories; it leaves out the items' own sampling).
     """
     usable = {g: (int(k), int(n)) for g, (k, n) in counts.items() if n > 0}
     if len(usable) < 2:
@@ -105,7 +107,9 @@ def paired_rate_difference_ci(
     items: ``{group: "1011..."}`` per variant (each item's outcome in the same order, as
     the leave-one-category-out results' ``caught`` strings give it). Items are resampled
     within each group and *together* for both variants, so what the two share cancels:
-    the interval of a difference is far narrower than those of the two means."""
+    the interval of a difference is far narrower than those of the two means. (Written
+    out rather than through scipy: its paired resampling needs samples of one length, and
+    the groups differ in size.)"""
     groups = [g for g in first if g in second and first[g]]
     for g in groups:
         if len(first[g]) != len(second[g]):
