@@ -17,6 +17,7 @@ from l2vg_retrieval.bench.harmful_loco import (
     GeneralisationEvaluator,
     LocoSettings,
     generalisation_markdown,
+    paired_with_first,
     plot_generalisation,
     run_generalisation,
     screen_variant_line,
@@ -207,6 +208,11 @@ def test_the_refusal_signal_carries_a_category_the_embedding_never_saw() -> None
         {c: with_[c]["caught"] for c in CATEGORIES}, {c: without[c]["caught"] for c in CATEGORIES}
     )
     assert gain["ci95"][0] > 0.3 and gain["groups"] == len(CATEGORIES)
+    # What an experiment report records and prints for the same comparison.
+    paired, suffix = paired_with_first(
+        {c: with_[c]["caught"] for c in CATEGORIES}, {c: without[c]["caught"] for c in CATEGORIES}
+    )
+    assert paired == gain and suffix.startswith(f" | vs first {gain['mean_difference']:+.3f} [")
     assert (
         report["refusal_signal_contribution"]["leave_one_category_out"]["mean_recall_delta_ci95"]
         == gain["ci95"]

@@ -28,8 +28,13 @@ from typing import Any
 import numpy as np
 
 from l2vg_retrieval import L2VGEncoder
-from l2vg_retrieval.bench.harmful_loco import CALIBRATION, HELD_OUT, GeneralisationEvaluator, LocoSettings
-from l2vg_retrieval.bench.stats import paired_rate_difference_ci
+from l2vg_retrieval.bench.harmful_loco import (
+    CALIBRATION,
+    HELD_OUT,
+    GeneralisationEvaluator,
+    LocoSettings,
+    paired_with_first,
+)
 from l2vg_retrieval.safety import ProbeKind, SafetyFeatures, featurize
 from l2vg_retrieval.safety_data import categories_in, load_benchmark_set, load_calibration_set
 
@@ -161,13 +166,11 @@ def gate_variants(variants: dict[str, GeneralisationEvaluator], *, with_auc: boo
             line += f" | AUC {out[name]['auc_mean']:.4f}"
         first = next(iter(out.values()))
         if out[name] is not first:
-            paired = paired_rate_difference_ci(
+            out[name]["paired_vs_first"], suffix = paired_with_first(
                 {c: m["caught"] for c, m in out[name]["per_category"].items()},
                 {c: m["caught"] for c, m in first["per_category"].items()},
             )
-            out[name]["paired_vs_first"] = paired
-            low, high = paired["ci95"]
-            line += f" | vs first {paired['mean_difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
+            line += suffix
         print(line, flush=True)
     return out
 

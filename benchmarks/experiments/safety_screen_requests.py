@@ -32,10 +32,10 @@ from l2vg_retrieval.bench.harmful_loco import (
     HELD_OUT,
     GeneralisationEvaluator,
     LocoSettings,
+    paired_with_first,
     screen_variant_line,
     screen_variant_record,
 )
-from l2vg_retrieval.bench.stats import paired_rate_difference_ci
 from l2vg_retrieval.safety import SafetyFeatures, doc_probe_features, fit_screen
 from l2vg_retrieval.safety_data import categories_in, load_benchmark_set, load_calibration_set
 
@@ -189,10 +189,10 @@ def write_screen_report(out: str, command: str, results: dict[str, Any], **extra
     for name, screen in results.items():
         line = screen_variant_line(name, screen)
         if records[name] is not first:
-            paired = paired_rate_difference_ci(records[name]["caught"], first["caught"])
-            records[name]["paired_vs_first"] = paired
-            low, high = paired["ci95"]
-            line += f" | vs first {paired['mean_difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
+            records[name]["paired_vs_first"], suffix = paired_with_first(
+                records[name]["caught"], first["caught"]
+            )
+            line += suffix
         print(line, flush=True)
     report = {"command": command, **extra, "variants": records}
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -363,6 +363,15 @@ def screen_variant_line(name: str, screen: Mapping[str, Any]) -> str:
     )
 
 
+def paired_with_first(caught: Mapping[str, str], first: Mapping[str, str]) -> tuple[dict[str, Any], str]:
+    """An experiment's variant against its first (shipped) one on the same rows, from the
+    per-category ``caught`` strings: the paired difference in mean left-out recall with its
+    95% interval, and the text its printed line ends with."""
+    paired = paired_rate_difference_ci(caught, first)
+    low, high = paired["ci95"]
+    return paired, f" | vs first {paired['mean_difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def refusal_contribution(loco: Mapping[str, Any]) -> dict[str, Any]:
     """Per-category change in LOCO gate recall when the refusal signal is added."""
     gate = loco["gate"]

@@ -90,7 +90,11 @@ def evaluate_run(
     (> 0 is relevant). Returns ``ndcg@k``, ``recall@k`` and ``mrr@k`` for each k, plus
     ``mrr`` over the whole ranking and ``n_queries``.
     """
-    per_query = evaluate_queries(run, qrels, excluded, k_values)
+    return mean_metrics(evaluate_queries(run, qrels, excluded, k_values))
+
+
+def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """:func:`evaluate_run`'s means from :func:`evaluate_queries`' rows (any subset of them)."""
     names = next(iter(per_query.values())).keys()
     means = {name: sum(r[name] for r in per_query.values()) / len(per_query) for name in names}
     means["n_queries"] = float(len(per_query))

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import evaluate_queries, evaluate_run
+from .metrics import evaluate_queries, mean_metrics
 from .qa_data import QASet, describe, load_qa, pool_overlap, sample_order
 from .stats import mean_ci, ratio_of_means_ci
 
@@ -85,12 +85,13 @@ def _evaluate(
         top = np.argpartition(-row, keep - 1)[:keep]
         run[query["id"]] = {passage_ids[i]: float(row[i]) for i in top}
         qrels[query["id"]] = dict.fromkeys(query["relevant"], 1)
+    # Each query's metrics once; the overall and per-language means are averages of them.
     per_query = evaluate_queries(run, qrels, k_values=K_VALUES)
-    out: dict[str, Any] = {"all": evaluate_run(run, qrels, k_values=K_VALUES)}
+    out: dict[str, Any] = {"all": mean_metrics(per_query)}
     for lang in LANGUAGES:
         ids = [q["id"] for q in queries if language(q.get("source", "")) == lang]
         if ids:
-            out[lang] = evaluate_run({i: run[i] for i in ids}, {i: qrels[i] for i in ids}, k_values=K_VALUES)
+            out[lang] = mean_metrics({i: per_query[i] for i in ids})
     out["per_query"] = {qid: round(row[PRIMARY], 6) for qid, row in per_query.items()}
     return out
 

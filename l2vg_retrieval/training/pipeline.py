@@ -15,7 +15,7 @@ from ..config import OPTION_FIELDS, EncoderConfig, EncoderLoraConfig
 from ..encoder import L2VGEncoder, read_checkpoint_meta
 from ..runtime import peak_rss_mb, resolve_device, resolve_dtype
 from .config import TrainConfig
-from .evaluate import curve_evaluator, evaluate_heldout, format_table
+from .evaluate import TRIVIAL, curve_evaluator, evaluate_heldout, format_table
 from .queries import load_queries
 from .refit import refit_alignment_head
 from .responses import generate_response_cache, seed_from
@@ -227,5 +227,5 @@ def _baselines(config: TrainConfig, backbone: LoadedBackbone, trained: L2VGEncod
     return {
         "l2vg-untrained": untrained,
         "input-centric": InputCentricEncoder(backbone, dtype=trained.dtype_),
-        "teacher(query)": trained.teacher,
+        TRIVIAL: trained.teacher,
     }
