@@ -35,7 +35,16 @@ def register(app: typer.Typer) -> None:
     @safety_app.command("calibrate")
     def calibrate_cmd(
         model: ModelOption = None,
-        dtype: DtypeOption = "auto",
+        # float32, not "auto": "auto" is bf16 on CPUs with native bf16 and fp32 elsewhere,
+        # and a calibration made in bf16 fits its probes to bf16 rounding; the packaged one
+        # must be the same whichever machine made it (the benchmark reads it in float32 too).
+        dtype: Annotated[
+            str,
+            typer.Option(
+                help="float32 | bfloat16 | auto: the precision of the encoder passes the probes are "
+                "fitted on (float32: the same calibration on every machine)"
+            ),
+        ] = "float32",
         data: Annotated[
             Path | None, typer.Option(help="labelled JSONL (text, label, kind); default: the packaged set")
         ] = None,
@@ -103,6 +112,14 @@ def register(app: typer.Typer) -> None:
                 "unseen harm categories)"
             ),
         ] = True,
+        gate_document_pass: Annotated[
+            bool,
+            typer.Option(
+                help="the gate also reads each request through the document pass, as the screen "
+                "reads passages (a second, half pass per safe query; carries over better to "
+                "unseen harm categories)"
+            ),
+        ] = True,
         screen_requests: Annotated[
             bool,
             typer.Option(
@@ -133,7 +150,8 @@ def register(app: typer.Typer) -> None:
                 refusal_signal=refusal_signal, probe_layer=probe_layer, min_family_size=min_family_size,
                 doc_spaces=doc_space or None, screen_probe=screen_probe,  # type: ignore[arg-type]
                 gate_probe=gate_probe, probe_mean=probe_mean,  # type: ignore[arg-type]
-                screen_requests=screen_requests, show_progress_bar=True,
+                gate_document_pass=gate_document_pass, screen_requests=screen_requests,
+                show_progress_bar=True,
             )  # fmt: skip
         except (OSError, ValueError) as exc:
             fail(str(exc))

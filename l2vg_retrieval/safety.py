@@ -54,8 +54,9 @@ HARM_FLAG_KEY = "l2vg_harm_flagged"
 SAFETY_FILE = "safety.json"
 SAFETY_WEIGHTS_FILE = "safety.safetensors"
 SAFETY_FORMAT = "l2vg-safety"
-SAFETY_VERSION = 2
-_READABLE_VERSIONS = (1, 2)  # version 1: no refusal signal, no calibration digests
+SAFETY_VERSION = 3
+# version 1: no refusal signal, no calibration digests; version 2: no document-pass reading
+_READABLE_VERSIONS = (1, 2, 3)
 
 # What the document screen reads. "probe": the encoder's document pass after the probe
 # layer (the state at the last position and the mean over the passage's tokens, each unit
@@ -109,6 +110,15 @@ PROBE_FEATURE = "probe_state"
 # blocks 80% of it at 1.9% benign false positives, against 76% at 2.1% for the state alone
 # (benchmarks/results/ablations/safety_gate_probe_mean.json). Same pass, no extra cost.
 PROBE_MEAN_FEATURE = "probe_mean"
+# And the request read as a passage: the document pass (document prompt, no special tokens)
+# after the same layer, the last position's state and the mean, as the screen reads text.
+# The query pass reads a request as a question to answer, the document pass as text that
+# says something; beside each other, leave-one-category-out, the gate blocked 2.0 points
+# more of a category nobody calibrated for, paired on the same rows [+0.5, +3.8], at 2.0%
+# benign false positives against 1.9%
+# (benchmarks/results/ablations/safety_gate_document_pass.json). Unlike the features
+# above it costs a second pass, a half one: about a third more compute per safe query.
+DOCUMENT_PASS_FEATURE = "document_pass"
 DEFAULT_PROBE_LAYER: int | str | None = "middle"
 L2_GRID: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
 # How a probe is fitted. "logistic": regularised logistic regression, its L2 strength chosen
@@ -345,7 +355,8 @@ class SafetyCalibration:
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     # Names of the gate's feature blocks, in order
-    # (GATE_BASE_FEATURES [+ ANSWER_FEATURES] [+ (PROBE_FEATURE,) [+ (PROBE_MEAN_FEATURE,)]]).
+    # (GATE_BASE_FEATURES [+ ANSWER_FEATURES]
+    #  [+ (PROBE_FEATURE,) [+ (PROBE_MEAN_FEATURE,)] [+ (DOCUMENT_PASS_FEATURE,)]]).
     query_features: tuple[str, ...] = GATE_BASE_FEATURES
     # With PROBE_FEATURE: how many decoder layers the probed state has passed through.
     probe_layer: int | None = None
@@ -368,6 +379,11 @@ class SafetyCalibration:
         """Whether the gate reads the mean over the request's tokens beside the answer
         position's state (calibrations made before it existed read the state alone)."""
         return PROBE_MEAN_FEATURE in self.query_features
+
+    @property
+    def uses_document_pass(self) -> bool:
+        """Whether the gate also reads the request through the document pass."""
+        return DOCUMENT_PASS_FEATURE in self.query_features
 
     @property
     def uses_embedding(self) -> bool:
@@ -440,7 +456,8 @@ class SafetyCalibration:
             e + a + p
             for e in ((), GATE_BASE_FEATURES)
             for a in ((), ANSWER_FEATURES)
-            for p in ((), (PROBE_FEATURE,), (PROBE_FEATURE, PROBE_MEAN_FEATURE))
+            for probe in ((PROBE_FEATURE,), (PROBE_FEATURE, PROBE_MEAN_FEATURE))
+            for p in ((), probe, (*probe, DOCUMENT_PASS_FEATURE))
             if e or p
         ]
         if features not in known:
@@ -677,6 +694,9 @@ class SafetyFeatures:
     # The query rows read as passages (space -> [Nq, ...], the document pass): the screen
     # also learns from requests when present (see featurize's ``screen_requests``).
     request_doc_embeddings: dict[str, np.ndarray] | None = None
+    # [Nq, 2H]: the requests' document pass at the probe layer, for the gate
+    # (DOCUMENT_PASS_FEATURE); None when the gate reads the query pass only.
+    gate_document_pass: np.ndarray | None = None
 
     def gate_matrix(self, refusal_signal: bool, index: np.ndarray | None = None) -> np.ndarray:
         """The gate's features; the probe state (if computed) is in every variant, so
@@ -693,6 +713,8 @@ class SafetyFeatures:
             blocks.append(rows(self.answer_features))
         if self.probe_states is not None:
             blocks.append(rows(self.probe_states))
+        if self.gate_document_pass is not None:
+            blocks.append(rows(self.gate_document_pass))
         extra = np.hstack(blocks) if blocks else None
         return query_features(
             rows(self.query_embeddings), self.prototype, extra, with_embedding=self.gate_embedding
@@ -717,6 +739,7 @@ def featurize(
     gate_embedding: bool | None = None,
     screen_requests: bool = True,
     probe_mean: bool = True,
+    gate_document_pass: bool = True,
     show_progress_bar: bool = False,
 ) -> SafetyFeatures:
     """Run the encoder once over labelled rows (``text``, ``label``, ``kind`` ...).
@@ -731,7 +754,10 @@ def featurize(
     learned from them (docs/safety.md, "The screen learns from requests too").
     ``probe_mean`` (with a probe layer) gives the gate the mean state over each request's
     own tokens beside the answer position's (docs/safety.md, "The gate reads the whole
-    request"); off, the features are those of calibrations made before it."""
+    request"); off, the features are those of calibrations made before it.
+    ``gate_document_pass`` (with a probe layer) gives the gate the request read through the
+    document pass too (:data:`DOCUMENT_PASS_FEATURE`); with ``screen_requests`` and the
+    "probe" space it is the pass the screen reads requests with, so it costs nothing more here."""
     queries = [r for r in rows if r.kind == "query"]
     passages = [r for r in rows if r.kind == "passage"]
     instruction = encoder.config.query_instruction
@@ -777,6 +803,21 @@ def featurize(
             )
             for space in spaces
         }
+    read_as_passages = None
+    if gate_document_pass and layer is not None:
+        if requests is not None and "probe" in requests:
+            read_as_passages = requests["probe"]
+        else:
+            read_as_passages = (
+                np.asarray(
+                    embed_documents(
+                        encoder, q_texts, "probe", probe_layer=layer, show_progress_bar=show_progress_bar
+                    ),
+                    dtype=np.float64,
+                )
+                if q_texts
+                else np.zeros((0, 2 * encoder.hidden_size))
+            )
     return SafetyFeatures(
         encoder_fingerprint=encoder.fingerprint,
         instruction=instruction,
@@ -793,6 +834,7 @@ def featurize(
         probe_mean=probe_mean and layer is not None,
         gate_embedding=(layer is None) if gate_embedding is None else gate_embedding,
         request_doc_embeddings=requests,
+        gate_document_pass=read_as_passages,
     )
 
 
@@ -1152,7 +1194,8 @@ def fit_calibration(
         query_features=(GATE_BASE_FEATURES if features.gate_embedding else ())
         + (ANSWER_FEATURES if refusal_signal else ())
         + ((PROBE_FEATURE,) if features.probe_layer is not None else ())
-        + ((PROBE_MEAN_FEATURE,) if features.probe_mean else ()),
+        + ((PROBE_MEAN_FEATURE,) if features.probe_mean else ())
+        + ((DOCUMENT_PASS_FEATURE,) if features.gate_document_pass is not None else ()),
         probe_layer=features.probe_layer,
         answer_token_ids=dict(features.answer_token_ids) if refusal_signal else {},
         calibration_digests=digests,
@@ -1176,6 +1219,7 @@ def calibrate(
     gate_probe: ProbeKind = DEFAULT_GATE_PROBE,
     screen_requests: bool = True,
     probe_mean: bool = True,
+    gate_document_pass: bool = True,
     show_progress_bar: bool = False,
 ) -> SafetyCalibration:
     """Fit the gate and the screen on labelled rows (default: the packaged calibration set).
@@ -1201,13 +1245,19 @@ def calibrate(
         gate_embedding=gate_embedding,
         screen_requests=screen_requests,
         probe_mean=probe_mean,
+        gate_document_pass=gate_document_pass,
         show_progress_bar=show_progress_bar,
     )
-    return fit_calibration(
+    calibration = fit_calibration(
         features, refusal_signal=refusal_signal, doc_spaces=doc_spaces, seed=seed,
         max_fpr_query=max_fpr_query, max_fpr_doc=max_fpr_doc, val_fraction=val_fraction,
         min_family_size=min_family_size, screen_probe=screen_probe, gate_probe=gate_probe,
     )  # fmt: skip
+    # The precision of the passes the probes were fitted on (bf16 rounding moves thresholds).
+    dtype = getattr(encoder, "dtype_", None)
+    if dtype is not None:
+        calibration.provenance["dtype"] = str(dtype).removeprefix("torch.")
+    return calibration
 
 
 # ----------------------------------------------------------------------------- filter
@@ -1251,6 +1301,7 @@ class SafetyFilter:
             + (len(ANSWER_FEATURES) if calibration.uses_refusal_signal else 0)
             + (encoder.hidden_size if calibration.probe_layer is not None else 0)
             + (encoder.hidden_size if calibration.uses_probe_mean else 0)
+            + (2 * encoder.hidden_size if calibration.uses_document_pass else 0)
         )
         if len(calibration.query_probe.weight) != expected:
             raise SafetyCalibrationError(
@@ -1286,8 +1337,8 @@ class SafetyFilter:
         self, queries: Sequence[str], instruction: str | None = None, *, show_progress_bar: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Query embeddings (identical to ``encode_query``'s) and, when the gate reads the
-        query's forward pass (refusal signal, probe layer), its features, from one pass:
-        what a safe search should call."""
+        query's forward pass (refusal signal, probe layer), its features, from that one pass
+        (and the document pass when the gate reads it): what a safe search should call."""
         prompt = instruction or self.calibration.query_instruction or self.encoder.config.query_instruction
         if not self.needs_answer_states:
             emb = self.encoder.encode_query(
@@ -1297,18 +1348,47 @@ class SafetyFilter:
         emb, states = self.encoder.encode_with_answer_states(
             list(queries), prompt=prompt, show_progress_bar=show_progress_bar, probe_layer=self.probe_layer
         )
-        return np.atleast_2d(emb), self.answer_features(states)
+        return np.atleast_2d(emb), self.answer_features(states, list(queries))
 
-    def answer_features(self, states: np.ndarray) -> np.ndarray | None:
-        """The gate's features read from the query's forward pass, from the states
-        ``encode_with_answer_states(..., probe_layer=self.probe_layer)`` returns."""
-        return gate_state_features(
+    @property
+    def uses_document_pass(self) -> bool:
+        return self.calibration.uses_document_pass
+
+    def answer_features(
+        self,
+        states: np.ndarray,
+        queries: Sequence[str] | None = None,
+        *,
+        document_features: np.ndarray | None = None,
+    ) -> np.ndarray | None:
+        """The gate's features beyond the embedding: read from the query's forward pass (the
+        states ``encode_with_answer_states(..., probe_layer=self.probe_layer)`` returns),
+        then, when the gate reads it, from the queries' document pass: computed from
+        ``queries``, or given as ``document_features`` (:func:`embed_documents` in the
+        "probe" space at this probe layer, e.g. what indexing computed for the same texts)."""
+        features = gate_state_features(
             self.encoder,
             states,
             token_ids=self.calibration.answer_token_ids if self.uses_refusal_signal else None,
             probe_layer=self.probe_layer,
             probe_mean=self.calibration.uses_probe_mean,
         )
+        if not self.uses_document_pass:
+            return features
+        if document_features is None:
+            if queries is None:
+                raise ValueError("this gate also reads the queries' document pass: pass the queries")
+            document_features = embed_documents(
+                self.encoder, list(queries), "probe", probe_layer=self.probe_layer
+            )
+        document = np.atleast_2d(np.asarray(document_features, dtype=np.float64))
+        assert features is not None  # a document-pass gate has a probe layer
+        if document.shape != (len(features), 2 * self.encoder.hidden_size):
+            raise ValueError(
+                f"document-pass features must be [{len(features)}, {2 * self.encoder.hidden_size}], "
+                f"got {document.shape}"
+            )
+        return np.hstack([features, document])
 
     def query_scores(self, queries: Sequence[str], *, instruction: str | None = None,
                      embeddings: np.ndarray | None = None,
@@ -1332,11 +1412,17 @@ class SafetyFilter:
         t = cal.query_threshold
         gate = cal.metrics.get("query_gate", {})
         nan = float("nan")
-        signal = " + the backbone's refusal signal" if self.uses_refusal_signal else ""
+        reads = []
+        if cal.uses_embedding:
+            reads.append("the generative query embedding + refusal similarity")
+        if self.uses_refusal_signal:
+            reads.append("the backbone's refusal signal")
         if self.probe_layer is not None:
-            signal += f" + its state after {self.probe_layer} layers"
+            reads.append(f"its states after {self.probe_layer} layers")
+        if self.uses_document_pass:
+            reads.append("the request read as a passage")
         basis = (
-            f"probe on the generative query embedding + refusal similarity{signal}, calibrated at "
+            f"probe on {' + '.join(reads)}, calibrated at "
             f"precision {gate.get('precision', nan):.3f} / recall {gate.get('recall', nan):.3f}"
             f" / benign FPR {gate.get('fpr', nan):.3f}"
         )

@@ -226,6 +226,7 @@ def test_safety_calibrate_then_check_and_safe_search(checkpoint: Path, tmp_path:
     assert summary["query_gate"]["threshold"] == calibration.query_threshold
     assert summary["document_screen"]["threshold"] == calibration.doc_threshold
     assert calibration.provenance["data"] == str(data) and calibration.provenance["n_query_examples"] == 20
+    assert calibration.provenance["dtype"] == "float32"
     # --out writes elsewhere, and the same seed gives the same calibration.
     ok(
         "safety",
@@ -242,10 +243,15 @@ def test_safety_calibrate_then_check_and_safe_search(checkpoint: Path, tmp_path:
     assert SafetyCalibration.load(tmp_path / "elsewhere").query_threshold == calibration.query_threshold
     # The default gate is the LDA probe over the state and the request mean; both can be undone.
     assert calibration.provenance["gate_probe"] == "lda" and calibration.uses_probe_mean
-    ok("safety", "calibrate", "-m", checkpoint, "--dtype", "float32", "--data", data,
-       "--out", tmp_path / "older", "--gate-probe", "logistic", "--no-probe-mean")  # fmt: skip
+    assert calibration.uses_document_pass
+    # No --dtype: a calibration is made in float32 whatever the CPU ("auto" is bf16 on some).
+    ok("safety", "calibrate", "-m", checkpoint, "--data", data,
+       "--out", tmp_path / "older", "--gate-probe", "logistic", "--no-probe-mean",
+       "--no-gate-document-pass")  # fmt: skip
     older = SafetyCalibration.load(tmp_path / "older")
+    assert older.provenance["dtype"] == "float32"
     assert older.provenance["gate_probe"] == "logistic" and not older.uses_probe_mean
+    assert not older.uses_document_pass
     assert older.metrics["query_gate"]["probe"] == "logistic"
     bad = run("safety", "calibrate", "-m", checkpoint, "--data", data, "--gate-probe", "svm")
     assert bad.exit_code == EXIT_USAGE and "--gate-probe" in bad.output

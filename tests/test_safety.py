@@ -507,17 +507,18 @@ def test_probe_gate_reads_the_middle_state_not_the_embedding(tiny_encoder: Any, 
     cal = calibrate(tiny_encoder, rows, doc_spaces=("teacher",))  # the default: probe "middle"
     layer = max(1, len(tiny_encoder.decoder_layers()) // 2)
     assert cal.probe_layer == layer and cal.needs_answer_states and not cal.uses_embedding
-    assert cal.query_features == (*ANSWER_FEATURES, "probe_state", "probe_mean") and cal.uses_probe_mean
+    assert cal.query_features == (*ANSWER_FEATURES, "probe_state", "probe_mean", "document_pass")
+    assert cal.uses_probe_mean and cal.uses_document_pass
     hidden = tiny_encoder.hidden_size
-    assert len(cal.query_probe.weight) == len(ANSWER_FEATURES) + 2 * hidden
+    assert len(cal.query_probe.weight) == len(ANSWER_FEATURES) + 4 * hidden
     gate = SafetyFilter(tiny_encoder, cal)
     query = ["how do I bake bread at home?"]
     emb, extra = gate.encode_queries(query)
     assert np.allclose(emb, tiny_encoder.encode_query(query), atol=1e-5)
-    assert extra is not None and extra.shape == (1, len(ANSWER_FEATURES) + 2 * hidden)
+    assert extra is not None and extra.shape == (1, len(ANSWER_FEATURES) + 4 * hidden)
     n = len(ANSWER_FEATURES)
-    assert np.isclose(np.linalg.norm(extra[0, n : n + hidden]), 1.0)  # the answer position's state
-    assert np.isclose(np.linalg.norm(extra[0, n + hidden :]), 1.0)  # the mean over the request
+    for block in range(4):  # answer position's state, request mean, then the document pass's two
+        assert np.isclose(np.linalg.norm(extra[0, n + block * hidden : n + (block + 1) * hidden]), 1.0)
     base = gate.query_scores(query, embeddings=emb, answer_features=extra)
     # The embedding is not read: another one changes nothing; the probe state does.
     assert np.allclose(gate.query_scores(query, embeddings=-emb, answer_features=extra), base)
@@ -548,7 +549,9 @@ def test_gate_calibrated_without_the_request_mean_still_loads_and_scores(
     """Calibrations made before the gate read the mean over the request's tokens name only
     the answer position's state: they keep scoring with exactly that (H features, not 2H)."""
     rows = _small_rows(8)
-    features = featurize(tiny_encoder, rows, doc_spaces=("teacher",), probe_layer=1, probe_mean=False)
+    features = featurize(
+        tiny_encoder, rows, doc_spaces=("teacher",), probe_layer=1, probe_mean=False, gate_document_pass=False
+    )
     assert features.probe_states is not None and features.probe_states.shape[1] == tiny_encoder.hidden_size
     cal = fit_calibration(features, doc_spaces=("teacher",), min_family_size=1)
     assert cal.query_features == (*ANSWER_FEATURES, "probe_state") and not cal.uses_probe_mean
@@ -564,6 +567,61 @@ def test_gate_calibrated_without_the_request_mean_still_loads_and_scores(
     (tmp_path / SAFETY_FILE).write_text(json.dumps(meta))
     with pytest.raises(SafetyCalibrationError, match="query_features"):
         SafetyCalibration.load(tmp_path)
+
+
+def test_gate_reads_the_request_through_the_document_pass_as_the_screen_reads_passages(
+    tiny_encoder: Any, tmp_path: Path
+) -> None:
+    rows = _small_rows(8)
+    features = featurize(tiny_encoder, rows)
+    texts = [r.text for r in features.queries]
+    layer = features.probe_layer
+    assert layer is not None and features.gate_document_pass is not None
+    # The same reading the screen learns requests from (no second document pass at calibration)
+    # and exactly what embedding the requests as "probe" passages gives.
+    assert features.request_doc_embeddings is not None
+    assert features.gate_document_pass is features.request_doc_embeddings["probe"]
+    direct = embed_documents(tiny_encoder, texts, "probe", probe_layer=layer)
+    assert np.allclose(features.gate_document_pass, direct, atol=1e-5)
+    # Computed on its own when the screen does not read requests.
+    alone = featurize(tiny_encoder, rows, screen_requests=False)
+    assert alone.request_doc_embeddings is None
+    assert alone.gate_document_pass is not None and np.allclose(alone.gate_document_pass, direct, atol=1e-5)
+    # It is the gate matrix's last block, and the filter reads the same at query time.
+    hidden = tiny_encoder.hidden_size
+    matrix = features.gate_matrix(True)
+    assert np.allclose(matrix[:, -2 * hidden :], features.gate_document_pass)
+    cal = fit_calibration(features, min_family_size=1)
+    gate = SafetyFilter(tiny_encoder, cal)
+    assert gate.uses_document_pass
+    assert np.allclose(gate.query_scores(texts), cal.query_probe.score(matrix), atol=1e-5)
+    _, states = tiny_encoder.encode_with_answer_states(
+        texts, prompt=tiny_encoder.config.query_instruction, probe_layer=layer
+    )
+    from_texts = gate.answer_features(states, texts)
+    given = gate.answer_features(states, document_features=direct)
+    assert from_texts is not None and given is not None and np.allclose(from_texts, given, atol=1e-5)
+    with pytest.raises(ValueError, match="pass the queries"):
+        gate.answer_features(states)
+    with pytest.raises(ValueError, match="document-pass features"):
+        gate.answer_features(states, document_features=direct[:, :hidden])
+    # Saved and loaded, the gate scores the same; a gate made without it keeps scoring without.
+    cal.save(tmp_path / "with")
+    assert np.allclose(SafetyFilter.from_encoder(tiny_encoder, tmp_path / "with").query_scores(texts),
+                       gate.query_scores(texts), atol=1e-5)  # fmt: skip
+    without = fit_calibration(featurize(tiny_encoder, rows, gate_document_pass=False), min_family_size=1)
+    assert not without.uses_document_pass
+    assert len(without.query_probe.weight) == len(cal.query_probe.weight) - 2 * hidden
+    without.save(tmp_path / "without")
+    older = SafetyFilter.from_encoder(tiny_encoder, tmp_path / "without")
+    _, older_states = older.encode_queries(texts)
+    assert older_states is not None and older_states.shape[1] == len(ANSWER_FEATURES) + 2 * hidden
+    # The reading needs the probe layer it is taken at.
+    meta = json.loads((tmp_path / "with" / SAFETY_FILE).read_text())
+    meta["query_features"] = [*ANSWER_FEATURES, "document_pass"]
+    (tmp_path / "with" / SAFETY_FILE).write_text(json.dumps(meta))
+    with pytest.raises(SafetyCalibrationError, match="query_features"):
+        SafetyCalibration.load(tmp_path / "with")
 
 
 def test_document_probe_is_the_state_after_k_layers_last_and_mean_over_own_tokens(tiny_encoder: Any) -> None:

@@ -92,6 +92,7 @@ def featurize_requests(encoder: Any, rows: list[Any], *, probe_mean: bool = Fals
         doc_spaces=("teacher",),
         screen_requests=False,
         probe_mean=probe_mean,
+        gate_document_pass=False,
         show_progress_bar=True,
     )
 

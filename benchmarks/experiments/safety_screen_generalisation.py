@@ -79,7 +79,13 @@ def load_features(checkpoint: str, cache: Path) -> tuple[SafetyFeatures, list[An
         return features, cal, held
     encoder = L2VGEncoder.from_pretrained(checkpoint, dtype="float32")
     features = featurize(
-        encoder, rows, doc_spaces=SPACES, screen_requests=False, probe_mean=False, show_progress_bar=True
+        encoder,
+        rows,
+        doc_spaces=SPACES,
+        screen_requests=False,
+        probe_mean=False,
+        gate_document_pass=False,
+        show_progress_bar=True,
     )
     assert features.probe_layer is not None
     features.doc_embeddings["probe_judge"] = doc_probe_features(  # type: ignore[index]

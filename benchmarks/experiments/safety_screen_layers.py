@@ -84,6 +84,7 @@ def load_features(checkpoint: str, cache: Path) -> tuple[Any, dict[int, np.ndarr
             doc_spaces=("teacher",),
             screen_requests=False,
             probe_mean=False,
+            gate_document_pass=False,
             show_progress_bar=True,
         )
         per_layer = layer_states(encoder, [r.text for r in features.passages], LAYERS)

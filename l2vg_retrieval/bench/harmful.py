@@ -358,6 +358,7 @@ def run_harmful_benchmark(
     gen_report: dict[str, Any] | None = None
     q_table: dict[str, np.ndarray] = {}
     state_table: dict[str, np.ndarray] = {}
+    request_table: dict[str, np.ndarray] = {}  # the requests' document pass, for the gate
     doc_tables: dict[str, dict[str, np.ndarray]] = {"generative": {}, "teacher": {}}
     if generalisation:
         start = time.perf_counter()
@@ -367,6 +368,10 @@ def run_harmful_benchmark(
         # The generalisation pass's states serve the gate only if it probed the same layer.
         if features.answer_states is not None and features.probe_layer == safety.probe_layer:
             state_table = {r.text: v for r, v in zip(features.queries, features.answer_states, strict=True)}
+            if features.gate_document_pass is not None:
+                request_table = {
+                    r.text: v for r, v in zip(features.queries, features.gate_document_pass, strict=True)
+                }
         for space, matrix in features.doc_embeddings.items():
             # "probe" passage features, likewise, only at the screen's own layer.
             if space == "probe" and features.probe_layer != safety.probe_layer:
@@ -422,7 +427,14 @@ def run_harmful_benchmark(
     answer = None
     if safety.needs_answer_states:
         if state_table and all(q in state_table for q in queries):
-            answer = safety.answer_features(np.stack([state_table[q] for q in queries]))
+            read_as_passages = (
+                np.stack([request_table[q] for q in queries])
+                if safety.uses_document_pass and all(q in request_table for q in queries)
+                else None
+            )
+            answer = safety.answer_features(
+                np.stack([state_table[q] for q in queries]), queries, document_features=read_as_passages
+            )
         else:
             l2vg_q, answer = safety.encode_queries(queries)
     decisions = safety.check_queries(queries, embeddings=l2vg_q, answer_features=answer)
