@@ -732,11 +732,23 @@ class L2VGEncoder(torch.nn.Module):
             return hook
 
         def states(batch: list[list[int]]) -> torch.Tensor:
-            input_ids, mask = pad_left(batch, self.tokenizer.pad_token_id)
-            input_ids, mask = input_ids.to(self.device_), mask.to(self.device_)
-            positions = positions_from_mask(mask)
-            body(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False)
-            own = own_positions(batch, hint, mask.shape[1]).to(self.device_)
+            # The template + prompt head every row shares runs once per process, from the
+            # encoding pass's prefix cache (its first layers are this body's): for a short
+            # text, a query read as a passage, the head is most of the tokens.
+            shared = common_prefix_length(batch, hint)
+            rest_ids, rest_mask = pad_left([ids[shared:] for ids in batch], self.tokenizer.pad_token_id)
+            rest_ids, rest_mask = rest_ids.to(self.device_), rest_mask.to(self.device_)
+            cache = self._expanded_prefix_cache(tuple(batch[0][:shared]), rest_ids.shape[0])
+            prefix_mask = torch.ones((rest_ids.shape[0], shared), dtype=torch.long, device=self.device_)
+            mask = torch.cat([prefix_mask, rest_mask], dim=1)
+            body(
+                input_ids=rest_ids,
+                attention_mask=mask,
+                position_ids=positions_from_mask(mask)[:, shared:],
+                **{CACHE_KWARG: cache},
+                use_cache=True,
+            )
+            own = own_positions(batch, hint, rest_ids.shape[1]).to(self.device_)
             blocks = []
             for layer in layers:
                 hidden = captured[layer].float()
