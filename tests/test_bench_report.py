@@ -307,6 +307,21 @@ def test_harmful_section_of_a_dry_run_is_labelled(tmp_path: Path) -> None:
     )  # empty: no crash
 
 
+def test_a_generalisation_only_result_renders_its_table_not_empty_retrieval_sections(tmp_path: Path) -> None:
+    """An experiment that ran only the leave-one-category-out protocols for another encoder
+    (its file holds them at the top level) shows them, not a retrieval table full of '?'."""
+    res = tmp_path / "res"
+    res.mkdir()
+    gen = _harmful_result()["generalisation"]
+    data = {"command": "python exp.py OUT.json", "encoder": "an older default", "date": "2026-11-27", **gen}
+    (res / "harmful_loco_previous_encoder.json").write_text(json.dumps(data))
+    text = write_report(res, tmp_path / "docs").read_text()
+    assert "## Harm-category generalisation: `harmful_loco_previous_encoder`" in text
+    assert "`python exp.py OUT.json` · 2026-11-27 · encoder: an older default" in text
+    assert "| leave one category out | document screen | 0.666 | 0.300 | elections | – |" in text
+    assert "?" not in text.split("## Harm-category generalisation")[1] and "ALOH@1" not in text
+
+
 def test_two_runs_of_one_harness_both_reach_the_report(tmp_path: Path) -> None:
     """Results are keyed by file: two harmful runs recording the same descriptive benchmark
     name (the packaged default and the LLM2Vec student) each get their section and plot."""

@@ -726,6 +726,8 @@ def section_harmful(data: dict[str, Any], docs: Path) -> str:
     """``l2vg bench harmful``: harmful passages retrieved per system, safe mode's blocking,
     and (when present) the gate/screen generalisation across harm categories."""
     systems: dict[str, dict[str, Any]] = data.get("systems") or {}
+    if not systems and "leave_one_category_out" in data:
+        return _section_generalisation_only(data)
     d = data.get("data") or {}
     model = data.get("model") or {}
     thresholds = data.get("safety_thresholds") or {}
@@ -835,6 +837,19 @@ def section_harmful(data: dict[str, Any], docs: Path) -> str:
         )
         out.append(f"![harmful retrieval ALOH@10]({png.name})")
     return "\n\n".join(out)
+
+
+def _section_generalisation_only(data: dict[str, Any]) -> str:
+    """A results file holding only the generalisation protocols (an experiment that ran
+    them for another encoder): their table, without retrieval sections it does not have."""
+    title = "## Harm-category generalisation" + _variant_suffix(data, "harmful")
+    meta = (
+        f"Produced by `{data.get('command', '?')}` · {data.get('date', '?')} · encoder: "
+        f"{data.get('encoder', '?')}."
+    )
+    rows = _harmful_generalisation_rows(data)
+    table = _table(["protocol", "component", "mean recall", "min recall", "worst", "benign FPR"], rows)
+    return "\n\n".join([title, meta, table])
 
 
 def _harmful_generalisation_rows(gen: dict[str, Any]) -> list[list[Any]]:
