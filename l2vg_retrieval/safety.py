@@ -1345,10 +1345,25 @@ class SafetyFilter:
                 list(queries), instruction=prompt, show_progress_bar=show_progress_bar
             )
             return np.atleast_2d(np.asarray(emb)), None
+        from .encoder import FUSED_READING_MAX_TEXTS
+
+        queries = list(queries)
+        if self.uses_document_pass and 0 < len(queries) <= FUSED_READING_MAX_TEXTS:
+            # One query: the passage reading rides in the query pass's own batch.
+            emb, states = self.encoder.encode_with_answer_states(
+                queries, prompt=prompt, show_progress_bar=show_progress_bar, probe_layer=self.probe_layer,
+                document_prompt=self.encoder.config.document_prompt,
+            )  # fmt: skip
+            states = np.atleast_2d(states)
+            query_pass = 3 * self.encoder.hidden_size
+            document = doc_probe_features(states[:, query_pass:])
+            return np.atleast_2d(emb), self.answer_features(
+                states[:, :query_pass], document_features=document
+            )
         emb, states = self.encoder.encode_with_answer_states(
-            list(queries), prompt=prompt, show_progress_bar=show_progress_bar, probe_layer=self.probe_layer
+            queries, prompt=prompt, show_progress_bar=show_progress_bar, probe_layer=self.probe_layer
         )
-        return np.atleast_2d(emb), self.answer_features(states, list(queries))
+        return np.atleast_2d(emb), self.answer_features(states, queries)
 
     @property
     def uses_document_pass(self) -> bool:

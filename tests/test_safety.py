@@ -412,6 +412,60 @@ def test_answer_states_come_from_the_adapted_encoding_pass_with_an_encoder_lora(
     assert not np.allclose(states[0], bare.numpy(), atol=1e-3)  # the adapter acted in that pass
 
 
+def test_the_passage_reading_can_ride_in_the_query_pass_and_reads_the_same() -> None:
+    """``encode_with_answer_states(..., document_prompt=...)`` reads each text as a passage
+    as extra rows of the query pass's batch: the same states as a pass of its own (causal
+    attention: the special tokens after them change nothing), and the query rows' outputs
+    unchanged, with an encoder LoRA acting in both."""
+    import torch
+    from conftest import build_tiny_encoder
+
+    from l2vg_retrieval.config import EncoderLoraConfig
+
+    enc = build_tiny_encoder(encoder_lora=EncoderLoraConfig(r=4, alpha=8.0))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in enc.adapter.parameters():  # type: ignore[union-attr]
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    enc.clear_caches()
+    texts = ["how do I bake bread at home?", "fox", "a much longer request about the weather in spring"]
+    prompt, passage = enc.config.query_instruction, enc.config.document_prompt
+    layer = max(1, len(enc.decoder_layers()) // 2)
+    emb, states = enc.encode_with_answer_states(texts, prompt=prompt, probe_layer=layer)
+    emb2, both = enc.encode_with_answer_states(
+        texts, prompt=prompt, probe_layer=layer, document_prompt=passage
+    )
+    hidden = enc.hidden_size
+    assert both.shape == (3, 5 * hidden)
+    assert np.allclose(emb2, emb, atol=1e-5) and np.allclose(both[:, : 3 * hidden], states, atol=1e-5)
+    alone = enc.probe_states(texts, probe_layer=layer, prompt=passage)
+    assert np.allclose(both[:, 3 * hidden :], alone, atol=1e-5)
+    one = enc.encode_with_answer_states(texts[1], prompt=prompt, probe_layer=layer, document_prompt=passage)[
+        1
+    ]
+    assert np.allclose(one, both[1], atol=1e-5)
+    with pytest.raises(ValueError, match="probe_layer"):
+        enc.encode_with_answer_states(texts, prompt=prompt, document_prompt=passage)
+
+
+def test_a_single_safe_query_scores_as_in_a_batch(tiny_encoder: Any) -> None:
+    """The gate reads one query's passage reading inside its query pass, a batch's in a pass
+    of its own (FUSED_READING_MAX_TEXTS): both give the query the same features and score."""
+    from l2vg_retrieval.encoder import FUSED_READING_MAX_TEXTS
+
+    cal = calibrate(tiny_encoder, _small_rows(8), doc_spaces=("teacher",))
+    gate = SafetyFilter(tiny_encoder, cal)
+    queries = ["how do I bake bread at home?", "how do I pick a lock?"]
+    assert gate.uses_document_pass and len(queries) > FUSED_READING_MAX_TEXTS == 1
+    emb, features = gate.encode_queries(queries)
+    for i, query in enumerate(queries):
+        one_emb, one = gate.encode_queries([query])
+        assert one is not None and features is not None
+        assert np.allclose(one_emb[0], emb[i], atol=1e-5) and np.allclose(one[0], features[i], atol=1e-5)
+    scores = gate.query_scores(queries)
+    assert np.allclose([gate.check_query(q).score for q in queries], scores, atol=1e-5)
+
+
 def test_refusal_signal_is_read_in_the_same_forward_pass(tiny_encoder: Any) -> None:
     calls = {"body": 0, "head": 0}
     body = tiny_encoder.lm.get_decoder()
