@@ -15,6 +15,10 @@ positives on the fold's validation rows):
 - the gate on the document pass alone (+ refusal signal);
 - both side by side (a second half pass per query in safe mode).
 
+The third is what the library's gate has read since 2026-11-28 (``DOCUMENT_PASS_FEATURE``;
+``l2vg bench harmful`` reproduces its row); "shipped" in the first variant's name is the
+gate this experiment was measured against, kept so reruns compare with the recorded file.
+
     python benchmarks/experiments/safety_gate_document_pass.py OUT.json \
         [--cache runs/exp/gate_probe_mean.pkl] [--doc-cache runs/exp/gate_document_pass.npz]
 
