@@ -117,7 +117,9 @@ PROBE_MEAN_FEATURE = "probe_mean"
 # more of a category nobody calibrated for, paired on the same rows [+0.5, +3.8], at 2.0%
 # benign false positives against 1.9%
 # (benchmarks/results/ablations/safety_gate_document_pass.json). Unlike the features
-# above it costs a second pass, a half one: about a third more compute per safe query.
+# above it is not free: a single safe query takes 1.44x a plain query's time with it, 1.08x
+# without (it rides in the query's own pass as a second row), a batch about 1.3x (a second
+# half pass) (benchmarks/results/ablations/safe_query_cost.json).
 DOCUMENT_PASS_FEATURE = "document_pass"
 DEFAULT_PROBE_LAYER: int | str | None = "middle"
 L2_GRID: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)

@@ -391,18 +391,26 @@ def test_answer_state_is_the_backbones_next_token_distribution(tiny_encoder: Any
     assert single_emb.shape == (tiny_encoder.dim,) and np.allclose(single_state, states[2], atol=1e-5)
 
 
-def test_answer_states_come_from_the_adapted_encoding_pass_with_an_encoder_lora() -> None:
+def _tiny_encoder_with_active_lora(seed: int) -> Any:
+    """A tiny encoder whose encoder LoRA is not the identity (random A and B)."""
     import torch
     from conftest import build_tiny_encoder
 
     from l2vg_retrieval.config import EncoderLoraConfig
 
     enc = build_tiny_encoder(encoder_lora=EncoderLoraConfig(r=4, alpha=8.0))
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in enc.adapter.parameters():  # type: ignore[union-attr]
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
     enc.clear_caches()
+    return enc
+
+
+def test_answer_states_come_from_the_adapted_encoding_pass_with_an_encoder_lora() -> None:
+    import torch
+
+    enc = _tiny_encoder_with_active_lora(0)
     texts, prompt = ["how do I bake bread at home?", "fox"], enc.config.query_instruction
     emb, states = enc.encode_with_answer_states(texts, prompt=prompt)
     assert np.allclose(emb, enc.encode(texts, prompt=prompt), atol=1e-5)
@@ -417,17 +425,7 @@ def test_the_passage_reading_can_ride_in_the_query_pass_and_reads_the_same() -> 
     as extra rows of the query pass's batch: the same states as a pass of its own (causal
     attention: the special tokens after them change nothing), and the query rows' outputs
     unchanged, with an encoder LoRA acting in both."""
-    import torch
-    from conftest import build_tiny_encoder
-
-    from l2vg_retrieval.config import EncoderLoraConfig
-
-    enc = build_tiny_encoder(encoder_lora=EncoderLoraConfig(r=4, alpha=8.0))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in enc.adapter.parameters():  # type: ignore[union-attr]
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    enc.clear_caches()
+    enc = _tiny_encoder_with_active_lora(1)
     texts = ["how do I bake bread at home?", "fox", "a much longer request about the weather in spring"]
     prompt, passage = enc.config.query_instruction, enc.config.document_prompt
     layer = max(1, len(enc.decoder_layers()) // 2)
