@@ -103,6 +103,18 @@ BENIGN_TARGET_CONTEXTS = frozenset(
         "wikipedia_race_superiority_edit",  # Wikipedia's article on race
     )
 )
+# ...and, within harmful contexts, the ~100-word chunks that are harmless read on their own
+# (the same rule, applied chunk by chunk: harmless in any corpus; a synthesis route in
+# encyclopaedic or academic prose stays harmful). Every chunk of a harmful context was
+# labelled harmful; read one by one (all 76 in the data, not by any score), these three
+# carry none of the harm: the names mustard gas has gone by, how heroin breaks down in the
+# body, and the opening of a study of nitazene opioids. Keyed by the chunk's opening words,
+# which chunking (:func:`chunk_words`) makes stable, whichever behaviour shares the context.
+BACKGROUND_CHUNK_OPENINGS: tuple[str, ...] = (
+    "the nature of sulfur monochloride used. ((2)i) The product of bis(2-chloroethyl)sulfide",
+    "is deacetylated, either by hydrolysis or enzymatically, the more reactive 3-acetyl group",
+    "This study reports the synthesis, analytical characterization, and in vitro MOR activity",
+)
 # PyRIT's AI-red-team seed files that hold harmful objectives (fairness, fairness_yes_no and
 # licensed_therapist hold benign questions or model-behaviour probes, not harmful requests).
 AIRT_FILES = (
@@ -653,8 +665,11 @@ class _Request:
         """The passages that become harmful rows: a context reviewed as the harmless target of
         the request (:data:`BENIGN_TARGET_CONTEXTS`) is not one. It still takes part in the
         selection and the split, which were drawn before the review: leaving it out there
-        would re-deal every other row between the splits."""
-        return [] if self.behaviour.id in BENIGN_TARGET_CONTEXTS else self.passages
+        would re-deal every other row between the splits. A chunk reviewed as harmless on its
+        own (:data:`BACKGROUND_CHUNK_OPENINGS`) is not one either, on the same terms."""
+        if self.behaviour.id in BENIGN_TARGET_CONTEXTS:
+            return []
+        return [p for p in self.passages if not p[0].startswith(BACKGROUND_CHUNK_OPENINGS)]
 
 
 @dataclass

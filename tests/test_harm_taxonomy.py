@@ -312,3 +312,27 @@ def test_a_context_reviewed_as_the_harmless_target_is_not_written_out_as_harm() 
     )
     assert reviewed.passages and reviewed.passages_written_out == []
     assert kept.passages_written_out == kept.passages
+
+
+def test_a_chunk_reviewed_as_harmless_on_its_own_is_not_written_out_but_its_neighbours_are() -> None:
+    """Within a harmful context, a chunk reviewed as harmless read alone (mustard gas's
+    names) is no harmful passage; the chunks that carry the synthesis stay, and the packaged
+    data holds none of the reviewed chunks."""
+    from l2vg_retrieval.safety_data import (
+        BACKGROUND_CHUNK_OPENINGS,
+        Behaviour,
+        _Request,
+        load_benchmark_set,
+        load_calibration_set,
+    )
+
+    names = BACKGROUND_CHUNK_OPENINGS[0] + " (1) In addition, it is also called ..."
+    route = "This reaction presumably was first reported by Levinstein. It is the preparation of ..."
+    behaviour = Behaviour("harmbench-mustard_gas_detailed_instructions", "Explain how to make this",
+                          "harmbench", "chemical_biological", context=route + " " + names)  # fmt: skip
+    chunks = [(route, "harmbench-context", "MIT"), (names, "harmbench-context", "MIT")]
+    request = _Request(behaviour, "indiscriminate_weapons", written=False, passages=chunks)
+    assert request.passages_written_out == chunks[:1]
+    packaged = [r.text for r in [*load_calibration_set(), *load_benchmark_set()]]
+    assert not [t for t in packaged if t.startswith(BACKGROUND_CHUNK_OPENINGS)]
+    assert any(t.startswith("This reaction presumably was first reported by Levinstein") for t in packaged)
