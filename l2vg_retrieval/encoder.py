@@ -466,14 +466,9 @@ class L2VGEncoder(torch.nn.Module):
         # What rows share with the known template + instruction head; a bare LCP would, for
         # a single text, cache that whole text as a "prefix" and evict the useful ones.
         head = list(prefix_hint or self.template.prefix_ids)
-        shared = common_prefix_length(batch, head)
-        rest_ids, rest_mask = pad_left([ids[shared:] for ids in batch], self.tokenizer.pad_token_id)
-        rest_ids, rest_mask = rest_ids.to(self.device_), rest_mask.to(self.device_)
-        n_batch = rest_ids.shape[0]
         # Built before the probe's hook exists: computing a new prefix runs the layers too.
-        cache = self._expanded_prefix_cache(tuple(batch[0][:shared]), n_batch, fresh=text_grad)
-        prefix_mask = torch.ones((n_batch, shared), dtype=torch.long, device=self.device_)
-        mask = torch.cat([prefix_mask, rest_mask], dim=1)
+        rest_ids, mask, cache, shared = self._after_cached_prefix(batch, head, fresh=text_grad)
+        n_batch = rest_ids.shape[0]
         special = self.special_tokens.to(self.dtype_).unsqueeze(0).expand(n_batch, -1, -1)
         full_mask = torch.cat([mask, torch.ones_like(mask[:, :1]).expand(-1, n_special)], dim=1)
         probe: list[torch.Tensor] = []
@@ -533,6 +528,20 @@ class L2VGEncoder(torch.nn.Module):
             final = self._exit_states(text_out.last_hidden_state[:, text_last])
             answer_states.append(torch.cat([final.float(), probe[-1]], dim=1) if probe else final)
         return self._exit_states(out.last_hidden_state[:, -self.config.n_compression :])
+
+    def _after_cached_prefix(
+        self, batch: list[list[int]], head: Sequence[int], *, fresh: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, Any, int]:
+        """What a pass over ``batch`` runs after the head its rows share with ``head``:
+        ``(rest_ids, mask, cache, shared)``, the rows' own tokens left-padded, the attention
+        mask over head + rest, a KV cache holding the head (:meth:`_expanded_prefix_cache`),
+        and the head's length."""
+        shared = common_prefix_length(batch, head)
+        rest_ids, rest_mask = pad_left([ids[shared:] for ids in batch], self.tokenizer.pad_token_id)
+        rest_ids, rest_mask = rest_ids.to(self.device_), rest_mask.to(self.device_)
+        cache = self._expanded_prefix_cache(tuple(batch[0][:shared]), rest_ids.shape[0], fresh=fresh)
+        prefix_mask = torch.ones((rest_ids.shape[0], shared), dtype=torch.long, device=self.device_)
+        return rest_ids, torch.cat([prefix_mask, rest_mask], dim=1), cache, shared
 
     def decoder_layers(self) -> Sequence[torch.nn.Module]:
         """The decoder layers the encoding pass runs, in order."""
@@ -607,6 +616,11 @@ class L2VGEncoder(torch.nn.Module):
 
     def prefix_hint(self, prompt: str | None) -> list[int]:
         return prompt_prefix_ids(self.tokenizer, self.template, prompt)
+
+    def _text_head(self, prompt: str | None) -> list[int]:
+        """The template + prompt head a text's own positions follow (the bare template
+        head when there is no prompt)."""
+        return self.prefix_hint(prompt) or list(self.template.prefix_ids)
 
     def embed_soft_prompts(self, soft: torch.Tensor) -> torch.Tensor:
         """The (unnormalised, full-size) embedding: the aligned, pooled soft prompts."""
@@ -701,14 +715,14 @@ class L2VGEncoder(torch.nn.Module):
         if document_prompt is not None:
             passage_ids = self.tokenize(items, document_prompt)
             as_passage = {tuple(q): d for q, d in zip(ids, passage_ids, strict=True)}
-            passage_hint = self.prefix_hint(document_prompt) or list(self.template.prefix_ids)
+            query_head, passage_head = self._text_head(prompt), self._text_head(document_prompt)
 
         def embed(batch: list[list[int]]) -> torch.Tensor:
             states: list[torch.Tensor] = []
             rows, heads = batch, None
             if as_passage:
                 rows = batch + [as_passage[tuple(q)] for q in batch]
-                heads = [hint or list(self.template.prefix_ids)] * len(batch) + [passage_hint] * len(batch)
+                heads = [query_head] * len(batch) + [passage_head] * len(batch)
             with self._adapter_scope():
                 compressed = self._compression_states(
                     rows, hint, answer_states=states, probe_layer=probe_layer, own_heads=heads
@@ -758,7 +772,7 @@ class L2VGEncoder(torch.nn.Module):
         if not items:
             return np.zeros((0, width), np.float32)
         ids = self.tokenize(items, prompt)
-        hint = self.prefix_hint(prompt) or list(self.template.prefix_ids)
+        hint = self._text_head(prompt)
         deepest = max(layers)
         body = self._probe_bodies.get(deepest)
         if body is None:
@@ -775,12 +789,7 @@ class L2VGEncoder(torch.nn.Module):
             # The template + prompt head every row shares runs once per process, from the
             # encoding pass's prefix cache (its first layers are this body's): for a short
             # text, a query read as a passage, the head is most of the tokens.
-            shared = common_prefix_length(batch, hint)
-            rest_ids, rest_mask = pad_left([ids[shared:] for ids in batch], self.tokenizer.pad_token_id)
-            rest_ids, rest_mask = rest_ids.to(self.device_), rest_mask.to(self.device_)
-            cache = self._expanded_prefix_cache(tuple(batch[0][:shared]), rest_ids.shape[0])
-            prefix_mask = torch.ones((rest_ids.shape[0], shared), dtype=torch.long, device=self.device_)
-            mask = torch.cat([prefix_mask, rest_mask], dim=1)
+            rest_ids, mask, cache, shared = self._after_cached_prefix(batch, hint)
             body(
                 input_ids=rest_ids,
                 attention_mask=mask,
