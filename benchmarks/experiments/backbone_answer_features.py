@@ -36,29 +36,14 @@ from typing import Any
 import numpy as np
 import torch
 from backbone_states import read_states
-from qa_hybrid import ROOT, heldout_rows, pool_responses
-from refit_head_capacity import fit_and_score, held_out_scores
+from qa_hybrid import ROOT
+from refit_head_capacity import fit_and_score, held_out_scores, seeded_sample
 
 from l2vg_retrieval.backbones import DEFAULT_BACKBONE, resolve_backbone_path
 from l2vg_retrieval.config import DEFAULT_DOCUMENT_PROMPT, DEFAULT_QUERY_INSTRUCTION
 from l2vg_retrieval.teacher import TeacherEncoder
 
 RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
-
-
-def sample(n_examples: int) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """(queries, answers) of the seeded training sample every refit experiment draws, and the
-    held-out rows."""
-    responses = pool_responses()
-    train_ids = [json.loads(line)["id"] for line in (ROOT / "data/queries/queries.train.jsonl").open()]
-    train_ids = [i for i in train_ids if i in responses]
-    pick = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(0))[:n_examples].tolist()
-    rows = [responses[train_ids[i]] for i in pick]
-    return (
-        [r["query"] for r in rows],
-        [r["response"].strip() or r["query"] for r in rows],
-        heldout_rows(responses),
-    )
 
 
 def backbone_features(
@@ -97,7 +82,7 @@ def blocks(f: np.ndarray, hidden: int, layer_index: int, which: str) -> torch.Te
 
 
 def main(args: Any) -> None:
-    queries, answers, held = sample(args.examples)
+    queries, answers, held = seeded_sample(args.examples)
     encoder = TeacherEncoder()
     y = torch.as_tensor(encoder.encode(answers, batch_size=64)).double().repeat(3, 1)
     held_targets = torch.as_tensor(

@@ -43,16 +43,25 @@ def refit_views(
     training examples: the query alone, with the instruction, its answer with the document
     prompt, as the default's refit reads them. Every refit experiment draws the same sample
     for a given size, so their numbers compare."""
+    queries, answers, held = seeded_sample(n_examples)
+    instruction = encoder.config.query_instruction
+    views = [(queries, None), (queries, instruction), (answers, encoder.config.document_prompt)]
+    return answers, views, held
+
+
+def seeded_sample(n_examples: int) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """(queries, answers) of the seeded sample of training examples every refit experiment
+    draws for a given size, and the held-out rows."""
     responses = pool_responses()
     train_ids = [json.loads(line)["id"] for line in (ROOT / "data/queries/queries.train.jsonl").open()]
     train_ids = [i for i in train_ids if i in responses]
     pick = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(0))[:n_examples].tolist()
     rows = [responses[train_ids[i]] for i in pick]
-    queries = [r["query"] for r in rows]
-    answers = [r["response"].strip() or r["query"] for r in rows]
-    instruction = encoder.config.query_instruction
-    views = [(queries, None), (queries, instruction), (answers, encoder.config.document_prompt)]
-    return answers, views, heldout_rows(responses)
+    return (
+        [r["query"] for r in rows],
+        [r["response"].strip() or r["query"] for r in rows],
+        heldout_rows(responses),
+    )
 
 
 def soft_prompt_features(encoder: L2VGEncoder, n_examples: int) -> dict[str, torch.Tensor]:
