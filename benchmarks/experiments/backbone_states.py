@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from l2vg_retrieval.batching import own_positions, pad_left, positions_from_mask, run_batched
+from l2vg_retrieval.early_exit import truncated_body
 from l2vg_retrieval.inputs import PromptTemplate, build_input_ids, prompt_prefix_ids
 
 MAX_TEXT_TOKENS = 512  # the packaged encoder's cut
@@ -32,12 +33,9 @@ def read_states(
     ``L2VGEncoder.probe_states`` reads them, from one pass through the deepest layer."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
-    deepest = max(layers)
-    decoder = model.model
-    decoder.layers = decoder.layers[:deepest]  # nothing past the deepest read runs
-    decoder.config.num_hidden_layers = deepest
+    body = truncated_body(model, max(layers), keep_norm=False)  # nothing past the deepest read runs
     template = PromptTemplate.for_tokenizer(tokenizer, use_chat_template=True)
-    head = len(prompt_prefix_ids(tokenizer, template, prompt))
+    head = prompt_prefix_ids(tokenizer, template, prompt)
     ids = build_input_ids(tokenizer, template, texts, prompt=prompt, max_text_tokens=MAX_TEXT_TOKENS)
     captured: dict[int, torch.Tensor] = {}
 
@@ -47,25 +45,28 @@ def read_states(
 
         return hook
 
-    for layer in layers:
-        decoder.layers[layer - 1].register_forward_hook(keep(layer))
+    handles = [body.layers[layer - 1].register_forward_hook(keep(layer)) for layer in layers]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    order = np.argsort([len(r) for r in ids])  # similar lengths together: little padding
-    out = np.zeros((len(texts), 2 * model.config.hidden_size * len(layers)), np.float32)
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=f"states {model_dir[-40:]}", mininterval=10):
-            pick = order[start : start + batch_size]
-            rows = [ids[i] for i in pick]
-            longest = max(len(r) for r in rows)
-            input_ids = torch.tensor([[pad] * (longest - len(r)) + r for r in rows])
-            mask = torch.tensor([[0] * (longest - len(r)) + [1] * len(r) for r in rows])
-            positions = (mask.cumsum(1) - 1).clamp(min=0)
-            decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False)
-            own = torch.tensor([[0] * (longest - len(r) + head) + [1] * (len(r) - head) for r in rows])
-            blocks = []
-            for layer in layers:
-                hidden = captured[layer].float()
-                mean = (hidden * own.unsqueeze(-1)).sum(1) / own.sum(1, keepdim=True)
-                blocks += [hidden[:, -1], mean]
-            out[pick] = torch.cat(blocks, 1).numpy()
-    return out
+
+    def states(batch: list[list[int]]) -> torch.Tensor:
+        input_ids, mask = pad_left(batch, pad)
+        body(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
+        )
+        own = own_positions(batch, head, mask.shape[1])
+        blocks = []
+        for layer in layers:
+            hidden = captured[layer].float()
+            blocks += [hidden[:, -1], (hidden * own.unsqueeze(-1)).sum(1) / own.sum(1, keepdim=True)]
+        return torch.cat(blocks, 1)
+
+    try:
+        with torch.inference_mode():
+            out = run_batched(
+                ids, [len(r) for r in ids], states, batch_size=batch_size, show_progress_bar=True,
+                desc=f"states {model_dir[-40:]}",
+            )  # fmt: skip
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out.numpy()
